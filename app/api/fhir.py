@@ -1,0 +1,279 @@
+"""The FHIR REST interactions over HTTP (R4 http.html). Translation only: FHIR semantics
+live in app.fhir, storage in app.store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.api.http import (
+    FhirResponse,
+    check_content_type,
+    http_date,
+    is_pretty,
+    negotiate,
+    parse_http_date,
+    read_body,
+    version_headers,
+    write_response,
+)
+from app.context import Services
+from app.fhir import capability, history, model
+from app.fhir.interactions import parse_etag
+from app.fhir.matching import compile_basic
+from app.fhir.outcome import BadRequest
+from app.store.versions import Version, instant
+
+router = APIRouter(prefix="/fhir")
+
+JsonDict = dict[str, Any]
+RESULT_PARAMS = {"_format", "_pretty", "_count", "_cursor", "_since", "_at", "_total"}
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def base_url(request: Request) -> str:
+    configured = services(request).settings.base_url
+    if configured:
+        return configured.rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def criteria(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in RESULT_PARAMS]
+
+
+def page_size(request: Request) -> int:
+    settings = services(request).settings
+    raw = request.query_params.get("_count")
+    if raw is None:
+        return settings.default_page_size
+    if not raw.isdigit():
+        raise BadRequest(f"_count must be a non-negative integer, got '{raw[:20]}'", expression=["_count"])
+    return min(int(raw), settings.max_page_size)
+
+
+async def resource_body(request: Request) -> JsonDict:
+    settings = services(request).settings
+    check_content_type(request)
+    body = await read_body(request, settings.max_body_bytes)
+    return model.parse_resource(body, max_depth=settings.max_json_depth)
+
+
+def read_response(request: Request, version: Version) -> Response:
+    headers = version_headers(version, base_url(request))
+    none_match = request.headers.get("if-none-match")
+    if none_match and none_match.strip() in (f'W/"{version.vid}"', f'"{version.vid}"', "*"):
+        return Response(status_code=304, headers=headers)
+    modified_since = request.headers.get("if-modified-since")
+    if modified_since:
+        since = parse_http_date(modified_since, "If-Modified-Since")
+        if version.updated.replace(microsecond=0) <= since:
+            return Response(status_code=304, headers=headers)
+    return FhirResponse(version.resource, 200, headers, pretty=is_pretty(request))
+
+
+# Whole-system
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    negotiate(request)
+    svc = services(request)
+    statement = capability.capability_statement(base_url(request), published=svc.started)
+    return FhirResponse(statement, pretty=is_pretty(request))
+
+
+@router.get("/_history")
+async def history_system(request: Request) -> Response:
+    return await _history(request, None, None)
+
+
+# Type level
+
+
+@router.get("/{resource_type}")
+async def search_type(request: Request, resource_type: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    return await _search(request, resource_type, criteria(request))
+
+
+@router.post("/{resource_type}/_search")
+async def search_post(request: Request, resource_type: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    form = await request.form()
+    items = [(k, str(v)) for k, v in form.multi_items()]
+    return await _search(request, resource_type, criteria(request) + items)
+
+
+@router.post("/{resource_type}")
+async def create(request: Request, resource_type: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    resource = await resource_body(request)
+    if_none_exist = request.headers.get("if-none-exist")
+    conditions = None
+    if if_none_exist is not None:
+        from urllib.parse import parse_qsl
+
+        conditions = parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True)
+        if not conditions:
+            raise BadRequest("If-None-Exist carries no search criteria")
+    result = await services(request).interactions.create(
+        resource_type, resource, if_none_exist=conditions
+    )
+    message = "Created" if result.status == 201 else "Matched an existing resource; not created"
+    return write_response(request, result.status, result.version, base_url(request), message)
+
+
+@router.put("/{resource_type}")
+async def conditional_update(request: Request, resource_type: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    conditions = criteria(request)
+    if not conditions:
+        raise BadRequest("A conditional update needs search criteria in the URL")
+    resource = await resource_body(request)
+    if_match = _if_match(request)
+    result = await services(request).interactions.conditional_update(
+        resource_type, conditions, resource, if_match=if_match
+    )
+    return write_response(request, result.status, result.version, base_url(request), "Updated")
+
+
+@router.delete("/{resource_type}")
+async def conditional_delete(request: Request, resource_type: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    conditions = criteria(request)
+    if not conditions:
+        raise BadRequest("A conditional delete needs search criteria in the URL")
+    result = await services(request).interactions.conditional_delete(resource_type, conditions)
+    return _delete_response(result.version)
+
+
+@router.get("/{resource_type}/_history")
+async def history_type(request: Request, resource_type: str) -> Response:
+    model.check_type(resource_type)
+    return await _history(request, resource_type, None)
+
+
+# Instance level
+
+
+@router.get("/{resource_type}/{resource_id}")
+async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    version = await services(request).interactions.read(resource_type, resource_id)
+    return read_response(request, version)
+
+
+@router.put("/{resource_type}/{resource_id}")
+async def update(request: Request, resource_type: str, resource_id: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    model.check_id(resource_id)
+    resource = await resource_body(request)
+    result = await services(request).interactions.update(
+        resource_type, resource_id, resource, if_match=_if_match(request)
+    )
+    message = "Created" if result.status == 201 else "Updated"
+    return write_response(request, result.status, result.version, base_url(request), message)
+
+
+@router.delete("/{resource_type}/{resource_id}")
+async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    result = await services(request).interactions.delete(resource_type, resource_id)
+    return _delete_response(result.version)
+
+
+@router.get("/{resource_type}/{resource_id}/_history")
+async def history_instance(request: Request, resource_type: str, resource_id: str) -> Response:
+    model.check_type(resource_type)
+    model.check_id(resource_id)
+    return await _history(request, resource_type, resource_id)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{vid}")
+async def vread(request: Request, resource_type: str, resource_id: str, vid: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    version = await services(request).interactions.vread(resource_type, resource_id, vid)
+    return read_response(request, version)
+
+
+# Helpers
+
+
+def _if_match(request: Request) -> int | None:
+    value = request.headers.get("if-match")
+    return parse_etag(value) if value else None
+
+
+def _delete_response(version: Version | None) -> Response:
+    headers = {"ETag": f'W/"{version.vid}"'} if version else {}
+    return Response(status_code=204, headers=headers)
+
+
+async def _history(request: Request, resource_type: str | None, resource_id: str | None) -> Response:
+    negotiate(request)
+    svc = services(request)
+    params = request.query_params
+    count = page_size(request)
+    page = await history.history(
+        svc.store,
+        resource_type,
+        resource_id,
+        count=count,
+        since=params.get("_since"),
+        at=params.get("_at"),
+        cursor=params.get("_cursor"),
+    )
+    base = base_url(request)
+    path = "/".join(p for p in (base, resource_type, resource_id, "_history") if p)
+    kept = [(k, v) for k, v in params.multi_items() if k != "_cursor"]
+    self_url = path + ("?" + urlencode(params.multi_items()) if params else "")
+    next_url = (
+        path + "?" + urlencode([*kept, ("_cursor", page.next_cursor)]) if page.next_cursor else None
+    )
+    bundle = history.history_bundle(page, base, self_url, next_url)
+    return FhirResponse(bundle, pretty=is_pretty(request))
+
+
+async def _search(request: Request, resource_type: str, items: list[tuple[str, str]]) -> Response:
+    svc = services(request)
+    count = page_size(request)
+    docs = await svc.store.find(
+        resource_type, compile_basic(items), sort=[("_id", 1)], limit=count
+    )
+    base = base_url(request)
+    bundle: JsonDict = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(docs),
+        "link": [{"relation": "self", "url": str(request.url)}],
+        "entry": [
+            {
+                "fullUrl": f"{base}/{resource_type}/{d['_id']}",
+                "resource": d["resource"],
+                "search": {"mode": "match"},
+            }
+            for d in docs
+        ],
+    }
+    return FhirResponse(bundle, pretty=is_pretty(request))
+
+
+__all__ = ["http_date", "instant", "router"]

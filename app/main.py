@@ -1,0 +1,112 @@
+"""create_app(settings): wiring only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pymongo.errors import ConnectionFailure, PyMongoError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api import fhir
+from app.api.http import error_response
+from app.context import Services
+from app.fhir import model
+from app.fhir.interactions import Interactions
+from app.fhir.matching import BasicMatcher
+from app.fhir.outcome import (
+    BadRequest,
+    FhirError,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
+from app.settings import Settings
+from app.store.client import Database
+from app.store.versions import Store, instant, now_utc
+
+log = logging.getLogger("hestia")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database.open(
+            uri=settings.mongodb_uri,
+            data_dir=settings.data_dir,
+            name=settings.database,
+            publish=True,
+        )
+        try:
+            await database.ping()
+            store = Store(database.db)
+            await store.ensure_indexes(sorted(model.STORABLE_TYPES))
+            app.state.services = Services(
+                settings=settings,
+                database=database,
+                store=store,
+                interactions=Interactions(store, BasicMatcher(store)),
+                started=instant(now_utc()),
+            )
+            yield
+        finally:
+            await database.close()
+
+    app = FastAPI(
+        title="Hestia FHIR R4 server",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(fhir.router)
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def on_fhir_error(request: Request, exc: FhirError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return error_response(
+                MethodNotAllowed(f"{request.method} is not supported on {request.url.path}")
+            )
+        if exc.status_code == 404:
+            return error_response(NotFound(f"No FHIR endpoint at {request.url.path}"))
+        return error_response(FhirError(str(exc.detail), status=exc.status_code))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequest("The request is malformed"))
+
+    @app.exception_handler(ConnectionFailure)
+    async def on_db_down(request: Request, exc: ConnectionFailure) -> Response:
+        log.error("database unreachable: %s", type(exc).__name__)
+        return error_response(ServiceUnavailable("The database is unavailable; retry later"))
+
+    @app.exception_handler(PyMongoError)
+    async def on_db_error(request: Request, exc: PyMongoError) -> Response:
+        log.error("database error: %s", type(exc).__name__)
+        return error_response(
+            FhirError("The database refused the operation", status=500, code="exception")
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Log the type and place only: exception texts can carry PHI from the payload.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(
+            FhirError("Internal server error", status=500, code="exception")
+        )

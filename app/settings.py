@@ -1,0 +1,72 @@
+"""Every setting, read from HESTIA_* environment variables (CLI flags override them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"HESTIA_{name}", default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(f"HESTIA_{name}")
+    return int(raw) if raw not in (None, "") else default
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(f"HESTIA_{name}")
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./data")
+    # Empty means: start the embedded SecantusDB server under data_dir/db.
+    mongodb_uri: str = ""
+    database: str = "hestia"
+    # The externally visible base URL; derived from host/port when empty.
+    base_url: str = ""
+    auth: bool = True
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    max_bundle_entries: int = 10_000
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        base = cls(
+            host=_env("HOST", cls.host),
+            port=_env_int("PORT", cls.port),
+            data_dir=Path(_env("DATA_DIR", str(cls.data_dir))),
+            mongodb_uri=_env("MONGODB_URI", ""),
+            database=_env("DATABASE", cls.database),
+            base_url=_env("BASE_URL", ""),
+            auth=_env_bool("AUTH", True),
+            max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_json_depth=_env_int("MAX_JSON_DEPTH", cls.max_json_depth),
+            default_page_size=_env_int("DEFAULT_PAGE_SIZE", cls.default_page_size),
+            max_page_size=_env_int("MAX_PAGE_SIZE", cls.max_page_size),
+            max_bundle_entries=_env_int("MAX_BUNDLE_ENTRIES", cls.max_bundle_entries),
+            log_level=_env("LOG_LEVEL", cls.log_level),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in clean:
+            clean["data_dir"] = Path(clean["data_dir"])
+        return replace(base, **clean)
+
+    @property
+    def fhir_base(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return f"http://{self.host}:{self.port}/fhir"

@@ -1,0 +1,263 @@
+"""Versioned writes: the current collection per type plus the insert-only `history`.
+
+Every write runs inside one MongoDB multi-document transaction. A version is claimed by a
+compare-and-swap on `vid`, so two concurrent writers of one resource can never both produce
+the same version: the loser sees a write conflict (or a vid mismatch) and is retried or
+answered 409/412 by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+Doc = dict[str, Any]
+T = TypeVar("T")
+
+HISTORY = "history"
+TRANSACTION_RETRIES = 8
+
+
+class VersionConflict(Exception):
+    """Another writer changed the resource first (optimistic concurrency lost)."""
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or refused the operation."""
+
+
+@dataclass(frozen=True)
+class Version:
+    resource_type: str
+    id: str
+    vid: int
+    updated: datetime
+    resource: Doc | None
+    method: str = "PUT"
+
+    @property
+    def deleted(self) -> bool:
+        return self.resource is None
+
+
+@dataclass
+class WriteSpec:
+    """What to write: a new version (or a delete when `resource` is None)."""
+
+    resource_type: str
+    id: str
+    resource: Doc | None
+    method: str
+    search_keys: Doc = field(default_factory=dict)
+    compartments: Sequence[str] = ()
+    raw: Sequence[str] = ()
+
+
+def now_utc() -> datetime:
+    current = datetime.now(UTC)
+    return current.replace(microsecond=current.microsecond // 1000 * 1000)
+
+
+def instant(value: datetime) -> str:
+    """FHIR instant with millisecond precision, as served in meta.lastUpdated."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _is_transient(exc: PyMongoError) -> bool:
+    if exc.has_error_label("TransientTransactionError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in (112, 244, 251)
+
+
+class Store:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.db = db
+        self.history = db[HISTORY]
+
+    def current(self, resource_type: str) -> Any:
+        return self.db[resource_type]
+
+    async def ensure_indexes(self, resource_types: Sequence[str]) -> None:
+        await self.history.create_index(
+            [("type", ASCENDING), ("id", ASCENDING), ("vid", DESCENDING)], name="instance"
+        )
+        await self.history.create_index([("updated", DESCENDING), ("_id", DESCENDING)], name="system")
+        await self.history.create_index(
+            [("type", ASCENDING), ("updated", DESCENDING), ("_id", DESCENDING)], name="type"
+        )
+
+    # Transactions
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncClientSession]:
+        async with self.db.client.start_session() as session:
+            yield session
+
+    async def run_transaction(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, retrying it whole on transient conflicts."""
+        delay = 0.002
+        for attempt in range(TRANSACTION_RETRIES):
+            try:
+                async with self.session() as session:
+                    await session.start_transaction()
+                    try:
+                        result = await work(session)
+                    except BaseException:
+                        if session.in_transaction:
+                            await session.abort_transaction()
+                        raise
+                    await self._commit(session)
+                    return result
+            except VersionConflict:
+                # `work` re-reads the current state on each attempt, so a lost race is retried.
+                if attempt == TRANSACTION_RETRIES - 1:
+                    raise
+            except PyMongoError as exc:
+                if not _is_transient(exc):
+                    raise
+                if attempt == TRANSACTION_RETRIES - 1:
+                    raise VersionConflict("The resource was changed concurrently") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        raise VersionConflict("The resource was changed concurrently")
+
+    async def _commit(self, session: AsyncClientSession) -> None:
+        while True:
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as exc:
+                if exc.has_error_label("UnknownTransactionCommitResult"):
+                    continue
+                raise
+
+    # Reads
+
+    async def read_current(
+        self, resource_type: str, resource_id: str, session: AsyncClientSession | None = None
+    ) -> Doc | None:
+        doc: Doc | None = await self.current(resource_type).find_one(
+            {"_id": resource_id},
+            {"resource": 1, "vid": 1, "updated": 1, "deleted": 1, "compartments": 1},
+            session=session,
+        )
+        return doc
+
+    async def read_version(self, resource_type: str, resource_id: str, vid: int) -> Doc | None:
+        doc: Doc | None = await self.history.find_one(
+            {"_id": history_id(resource_type, resource_id, vid)}
+        )
+        return doc
+
+    # Writes
+
+    async def write(
+        self,
+        session: AsyncClientSession,
+        spec: WriteSpec,
+        expected_vid: int | None,
+        updated: datetime,
+        make_resource: Callable[[int], Doc | None],
+    ) -> Version:
+        """Write the next version of `spec`'s resource.
+
+        `expected_vid` is the version the caller based its change on (None: the resource did
+        not exist). `make_resource(vid)` returns the body to store for the new version number,
+        so meta.versionId is always the version actually claimed.
+        """
+        collection = self.current(spec.resource_type)
+        vid = (expected_vid or 0) + 1
+        resource = make_resource(vid)
+        doc: Doc = {
+            "_id": spec.id,
+            "resource": resource,
+            "vid": vid,
+            "updated": updated,
+            "deleted": resource is None,
+            "s": spec.search_keys if resource is not None else {},
+            "compartments": list(spec.compartments) if resource is not None else [],
+            "raw": list(spec.raw),
+        }
+        if expected_vid is None:
+            try:
+                await collection.insert_one(doc, session=session)
+            except DuplicateKeyError as exc:
+                raise VersionConflict(f"{spec.resource_type}/{spec.id} already exists") from exc
+        else:
+            result = await collection.replace_one(
+                {"_id": spec.id, "vid": expected_vid}, doc, session=session
+            )
+            if result.matched_count != 1:
+                raise VersionConflict(f"{spec.resource_type}/{spec.id} changed concurrently")
+        await self.history.insert_one(
+            {
+                "_id": history_id(spec.resource_type, spec.id, vid),
+                "type": spec.resource_type,
+                "id": spec.id,
+                "vid": vid,
+                "updated": updated,
+                "method": spec.method,
+                "resource": resource,
+            },
+            session=session,
+        )
+        return Version(spec.resource_type, spec.id, vid, updated, resource, spec.method)
+
+    # Queries
+
+    async def find(
+        self,
+        resource_type: str,
+        query: Doc,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int = 0,
+        projection: Doc | None = None,
+        session: AsyncClientSession | None = None,
+    ) -> list[Doc]:
+        cursor = self.current(resource_type).find(query, projection, session=session)
+        if sort:
+            cursor = cursor.sort(list(sort))
+        if limit:
+            cursor = cursor.limit(limit)
+        docs: list[Doc] = await cursor.to_list(None)
+        return docs
+
+    async def count(self, resource_type: str, query: Doc) -> int:
+        return int(await self.current(resource_type).count_documents(query))
+
+    async def find_history(
+        self, query: Doc, *, limit: int, sort: Sequence[tuple[str, int]]
+    ) -> list[Doc]:
+        cursor = self.history.find(query).sort(list(sort)).limit(limit)
+        docs: list[Doc] = await cursor.to_list(None)
+        return docs
+
+    async def count_history(self, query: Doc) -> int:
+        return int(await self.history.count_documents(query))
+
+
+def history_id(resource_type: str, resource_id: str, vid: int) -> str:
+    return f"{resource_type}/{resource_id}/{vid}"
+
+
+__all__ = [
+    "HISTORY",
+    "Store",
+    "StoreUnavailable",
+    "Version",
+    "VersionConflict",
+    "WriteSpec",
+    "history_id",
+    "instant",
+    "now_utc",
+]
