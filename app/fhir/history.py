@@ -73,6 +73,8 @@ async def history(
     if at:
         return await _history_at(store, query, at, count, cursor)
     total = await store.count_history(query) if with_total else None
+    if count == 0:
+        return HistoryPage([], total, None)
     if cursor:
         updated, key = decode_cursor(cursor)
         query = {
@@ -115,7 +117,9 @@ async def _history_at(
         updated, key = decode_cursor(cursor)
         docs = [d for d in docs if (d["updated"], d["_id"]) < (updated, key)]
     next_cursor = None
-    if len(docs) > count:
+    if count == 0:
+        docs = []
+    elif len(docs) > count:
         docs = docs[:count]
         next_cursor = encode_cursor(docs[-1]["updated"], docs[-1]["_id"])
     return HistoryPage(docs, total, next_cursor)
