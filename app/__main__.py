@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from app.settings import Settings
 
@@ -26,31 +30,81 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (HESTIA_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (HESTIA_PORT, default 8080)")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+
+    status = commands.add_parser(
+        "status", help="show which database this data dir uses and what it holds"
+    )
+    _common(status)
     return parser
+
+
+async def status(settings: Settings) -> int:
+    """Report the database a `hestia` command on this data dir reaches, and resource counts.
+
+    It shares the running server's database through the runtime file, or starts the embedded
+    one itself (and stops it again) when no server runs.
+    """
+    from app.store.client import Database, running_database_uri
+
+    shared = not settings.mongodb_uri and running_database_uri(settings.data_dir) is not None
+    database = Database.open(
+        uri=settings.mongodb_uri, data_dir=settings.data_dir, name=settings.database
+    )
+    try:
+        await database.ping()
+        if settings.mongodb_uri:
+            print("database: HESTIA_MONGODB_URI")
+        elif shared:
+            print(f"database: shared with the running server ({database.uri})")
+        else:
+            print(f"database: embedded, started for this command in {settings.data_dir / 'db'}")
+        names = sorted(await database.db.list_collection_names())
+        for name in names:
+            if name[:1].isupper():
+                count = await database.db[name].count_documents({"deleted": False})
+                print(f"{name}\t{count}")
+    finally:
+        await database.close()
+    return 0
 
 
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.store.client import start_embedded
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    print(f"Hestia FHIR R4 server: {settings.fhir_base}", flush=True)
-    if settings.mongodb_uri:
-        print("Database: HESTIA_MONGODB_URI", flush=True)
-    else:
+    embedded = None
+    if not settings.mongodb_uri:
+        # Started here rather than in the app's lifespan so that several worker processes
+        # share one database, and so that it is stopped exactly once.
+        embedded = start_embedded(settings.data_dir)
+        settings = replace(settings, mongodb_uri=embedded.uri)
         print(f"Database: embedded SecantusDB in {settings.data_dir / 'db'}", flush=True)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        workers=None if workers == 1 else workers,
-        server_header=False,
-    )
+    else:
+        print("Database: HESTIA_MONGODB_URI", flush=True)
+    print(f"Hestia FHIR R4 server: {settings.fhir_base}", flush=True)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "warning",
+        "access_log": False,
+        "server_header": False,
+    }
+    try:
+        if workers <= 1:
+            uvicorn.run(create_app(settings), **options)
+        else:
+            # Worker processes build their app from the environment.
+            os.environ["HESTIA_MONGODB_URI"] = settings.mongodb_uri
+            os.environ["HESTIA_DATA_DIR"] = str(settings.data_dir)
+            uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
+    finally:
+        if embedded is not None:
+            embedded.stop()
     return 0
 
 
@@ -65,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env(**overrides)
     if args.command == "serve":
         return serve(settings, args.workers)
+    if args.command == "status":
+        return asyncio.run(status(settings))
     return 2
 
 

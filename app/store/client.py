@@ -160,6 +160,14 @@ def publish_runtime(data_dir: Path, uri: str) -> Path:
     return path
 
 
+def start_embedded(data_dir: Path) -> EmbeddedServer:
+    """Start the embedded server on DATA_DIR/db and publish its URI for other commands."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedServer.start(str(data_dir / "db"), log_path=data_dir / "db.log")
+    server.runtime_file = publish_runtime(data_dir, server.uri)
+    return server
+
+
 class Database:
     """Owns the client and, when embedded, the server process."""
 
@@ -185,10 +193,11 @@ class Database:
         existing = running_database_uri(data_dir)
         if existing and not publish:
             return cls(existing, name)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        server = EmbeddedServer.start(str(data_dir / "db"), log_path=data_dir / "db.log")
         if publish:
-            server.runtime_file = publish_runtime(data_dir, server.uri)
+            server = start_embedded(data_dir)
+        else:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            server = EmbeddedServer.start(str(data_dir / "db"), log_path=data_dir / "db.log")
         return cls(server.uri, name, embedded=server)
 
     async def ping(self, attempts: int = 50) -> None:

@@ -1,0 +1,85 @@
+"""`hestia serve` with its own embedded database: data survives a restart, the embedded
+server stops with it, and other `hestia` commands share its database through the data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT, start_hestia, stop_hestia
+
+JSON = {"Content-Type": "application/fhir+json"}
+
+
+def hestia_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HESTIA_MONGODB_URI"}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args, "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_embedded_data_survives_restart_and_is_shared(tmp_path: Path) -> None:
+    first = start_hestia(tmp_path, {}, name="persist")
+    data_dir = tmp_path / "persist"
+    try:
+        body = {"resourceType": "Patient", "id": "survivor", "gender": "female"}
+        assert httpx.put(f"{first.fhir}/Patient/survivor", json=body, headers=JSON).status_code == 201
+        runtime = json.loads((data_dir / "hestia-db.json").read_text())
+        assert runtime["mongodb_uri"].startswith("mongodb://127.0.0.1:")
+
+        shared = hestia_command("status", data_dir=data_dir)
+        assert shared.returncode == 0, shared.stderr
+        assert "shared with the running server" in shared.stdout
+        assert "Patient\t1" in shared.stdout
+    finally:
+        stop_hestia(first)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; the lifespan's cleanup still ran.
+    assert first.process.returncode in (0, -15)
+    assert "Traceback" not in first.log.read_text()
+    assert not (data_dir / "hestia-db.json").exists()
+    db_pids = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and str(data_dir / "db") in _cmdline(p)
+    ]
+    assert not [pid for pid in db_pids if pid_alive(pid)], "the embedded database outlived Hestia"
+
+    # With no server running, a command starts the embedded database itself.
+    alone = hestia_command("status", data_dir=data_dir)
+    assert alone.returncode == 0, alone.stderr
+    assert "started for this command" in alone.stdout and "Patient\t1" in alone.stdout
+
+    second = start_hestia(tmp_path, {}, name="persist")
+    try:
+        read = httpx.get(f"{second.fhir}/Patient/survivor")
+        assert read.status_code == 200
+        assert read.json()["gender"] == "female"
+        assert read.json()["meta"]["versionId"] == "1"
+    finally:
+        stop_hestia(second)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
