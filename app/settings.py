@@ -40,6 +40,8 @@ class Settings:
     default_page_size: int = 20
     max_page_size: int = 1000
     max_bundle_entries: int = 10_000
+    # Current versions kept in memory for reads by id; 0 turns the cache off.
+    read_cache_entries: int = 50_000
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -58,6 +60,7 @@ class Settings:
             default_page_size=_env_int("DEFAULT_PAGE_SIZE", cls.default_page_size),
             max_page_size=_env_int("MAX_PAGE_SIZE", cls.max_page_size),
             max_bundle_entries=_env_int("MAX_BUNDLE_ENTRIES", cls.max_bundle_entries),
+            read_cache_entries=_env_int("READ_CACHE_ENTRIES", cls.read_cache_entries),
             log_level=_env("LOG_LEVEL", cls.log_level),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
