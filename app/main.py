@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -105,8 +106,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # Log the type and place only: exception texts can carry PHI from the payload.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(
-            FhirError("Internal server error", status=500, code="exception")
+        # Log the type and the frames only: exception texts can carry PHI from the payload.
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error(
+            "unexpected %s on %s %s\n%s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            frames,
         )
+        return error_response(FhirError("Internal server error", status=500, code="exception"))

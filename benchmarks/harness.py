@@ -32,8 +32,18 @@ def running_hestia(*, workers: int = 1, mongodb_uri: str = "", auth: bool = Fals
         if mongodb_uri:
             env["HESTIA_MONGODB_URI"] = mongodb_uri
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir", tmp,
-             "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                tmp,
+                "--workers",
+                str(workers),
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

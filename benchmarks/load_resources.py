@@ -1,7 +1,7 @@
 """Load N generated resources through the FHIR create interaction and report the rate.
 
-    python -m benchmarks.load_resources --count 5000 --clients 8
-    python -m benchmarks.load_resources --base http://127.0.0.1:8080/fhir   # an already running server
+python -m benchmarks.load_resources --count 5000 --clients 8
+python -m benchmarks.load_resources --base http://127.0.0.1:8080/fhir   # an already running server
 """
 
 from __future__ import annotations
@@ -37,14 +37,27 @@ def generated_observation(n: int, patient_id: str, rng: random.Random) -> dict[s
     return {
         "resourceType": "Observation",
         "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]
+        },
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T10:00:00Z",
-        "valueQuantity": {"value": rng.randint(40, 160), "unit": "/min",
-                          "system": "http://unitsofmeasure.org", "code": "/min"},
+        "valueQuantity": {
+            "value": rng.randint(40, 160),
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
     }
 
 
@@ -84,7 +97,9 @@ async def load(base: str, count: int, clients: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--base", help="FHIR base URL of a running server (default: start one)")

@@ -34,9 +34,7 @@ class RunningServer:
         return f"{self.base}/fhir"
 
 
-def start_hestia(
-    tmp: Path, env_extra: dict[str, str], *, name: str = "hestia"
-) -> RunningServer:
+def start_hestia(tmp: Path, env_extra: dict[str, str], *, name: str = "hestia") -> RunningServer:
     port = free_port()
     log = tmp / f"{name}.log"
     env = {**os.environ, "HESTIA_AUTH": "off", **env_extra}

@@ -56,7 +56,9 @@ def page_size(request: Request) -> int:
     if raw is None:
         return settings.default_page_size
     if not raw.isdigit():
-        raise BadRequest(f"_count must be a non-negative integer, got '{raw[:20]}'", expression=["_count"])
+        raise BadRequest(
+            f"_count must be a non-negative integer, got '{raw[:20]}'", expression=["_count"]
+        )
     return min(int(raw), settings.max_page_size)
 
 
@@ -227,7 +229,9 @@ def _delete_response(version: Version | None) -> Response:
     return Response(status_code=204, headers=headers)
 
 
-async def _history(request: Request, resource_type: str | None, resource_id: str | None) -> Response:
+async def _history(
+    request: Request, resource_type: str | None, resource_id: str | None
+) -> Response:
     negotiate(request)
     svc = services(request)
     params = request.query_params
@@ -255,9 +259,7 @@ async def _history(request: Request, resource_type: str | None, resource_id: str
 async def _search(request: Request, resource_type: str, items: list[tuple[str, str]]) -> Response:
     svc = services(request)
     count = page_size(request)
-    docs = await svc.store.find(
-        resource_type, compile_basic(items), sort=[("_id", 1)], limit=count
-    )
+    docs = await svc.store.find(resource_type, compile_basic(items), sort=[("_id", 1)], limit=count)
     base = base_url(request)
     bundle: JsonDict = {
         "resourceType": "Bundle",

@@ -116,9 +116,7 @@ def prefer_return(request: Request) -> str:
 
 def prefer_strict(request: Request) -> bool:
     prefer = request.headers.get("prefer", "")
-    return any(
-        p.strip().lower().replace(" ", "") == "handling=strict" for p in prefer.split(",")
-    )
+    return any(p.strip().lower().replace(" ", "") == "handling=strict" for p in prefer.split(","))
 
 
 def http_date(value: datetime) -> str:
@@ -139,9 +137,7 @@ def version_headers(version: Version, base: str, with_location: bool = False) ->
         "Last-Modified": http_date(version.updated),
     }
     if with_location:
-        headers["Location"] = (
-            f"{base}/{version.resource_type}/{version.id}/_history/{version.vid}"
-        )
+        headers["Location"] = f"{base}/{version.resource_type}/{version.id}/_history/{version.vid}"
     return headers
 
 

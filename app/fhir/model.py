@@ -22,48 +22,180 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 # Every R4 (4.0.1) resource type (fhir/resourcelist.html).
 R4_RESOURCE_TYPES: frozenset[str] = frozenset(
-    """
-    Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse
-    AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle CapabilityStatement
-    CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition Claim ClaimResponse
-    ClinicalImpression CodeSystem Communication CommunicationRequest CompartmentDefinition
-    Composition ConceptMap Condition Consent Contract Coverage CoverageEligibilityRequest
-    CoverageEligibilityResponse DetectedIssue Device DeviceDefinition DeviceMetric DeviceRequest
-    DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference EffectEvidenceSynthesis
-    Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare EventDefinition Evidence
-    EvidenceVariable ExampleScenario ExplanationOfBenefit FamilyMemberHistory Flag Goal
-    GraphDefinition Group GuidanceResponse HealthcareService ImagingStudy Immunization
-    ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide InsurancePlan Invoice
-    Library Linkage List Location Measure MeasureReport Media Medication MedicationAdministration
-    MedicationDispense MedicationKnowledge MedicationRequest MedicationStatement MedicinalProduct
-    MedicinalProductAuthorization MedicinalProductContraindication MedicinalProductIndication
-    MedicinalProductIngredient MedicinalProductInteraction MedicinalProductManufactured
-    MedicinalProductPackaged MedicinalProductPharmaceutical MedicinalProductUndesirableEffect
-    MessageDefinition MessageHeader MolecularSequence NamingSystem NutritionOrder Observation
-    ObservationDefinition OperationDefinition OperationOutcome Organization
-    OrganizationAffiliation Parameters Patient PaymentNotice PaymentReconciliation Person
-    PlanDefinition Practitioner PractitionerRole Procedure Provenance Questionnaire
-    QuestionnaireResponse RelatedPerson RequestGroup ResearchDefinition ResearchElementDefinition
-    ResearchStudy ResearchSubject RiskAssessment RiskEvidenceSynthesis Schedule SearchParameter
-    ServiceRequest Slot Specimen SpecimenDefinition StructureDefinition StructureMap Subscription
-    Substance SubstanceNucleicAcid SubstancePolymer SubstanceProtein SubstanceReferenceInformation
-    SubstanceSourceMaterial SubstanceSpecification SupplyDelivery SupplyRequest Task
-    TerminologyCapabilities TestReport TestScript ValueSet VerificationResult VisionPrescription
-    """.split()
+    [
+        "Account",
+        "ActivityDefinition",
+        "AdverseEvent",
+        "AllergyIntolerance",
+        "Appointment",
+        "AppointmentResponse",
+        "AuditEvent",
+        "Basic",
+        "Binary",
+        "BiologicallyDerivedProduct",
+        "BodyStructure",
+        "Bundle",
+        "CapabilityStatement",
+        "CarePlan",
+        "CareTeam",
+        "CatalogEntry",
+        "ChargeItem",
+        "ChargeItemDefinition",
+        "Claim",
+        "ClaimResponse",
+        "ClinicalImpression",
+        "CodeSystem",
+        "Communication",
+        "CommunicationRequest",
+        "CompartmentDefinition",
+        "Composition",
+        "ConceptMap",
+        "Condition",
+        "Consent",
+        "Contract",
+        "Coverage",
+        "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse",
+        "DetectedIssue",
+        "Device",
+        "DeviceDefinition",
+        "DeviceMetric",
+        "DeviceRequest",
+        "DeviceUseStatement",
+        "DiagnosticReport",
+        "DocumentManifest",
+        "DocumentReference",
+        "EffectEvidenceSynthesis",
+        "Encounter",
+        "Endpoint",
+        "EnrollmentRequest",
+        "EnrollmentResponse",
+        "EpisodeOfCare",
+        "EventDefinition",
+        "Evidence",
+        "EvidenceVariable",
+        "ExampleScenario",
+        "ExplanationOfBenefit",
+        "FamilyMemberHistory",
+        "Flag",
+        "Goal",
+        "GraphDefinition",
+        "Group",
+        "GuidanceResponse",
+        "HealthcareService",
+        "ImagingStudy",
+        "Immunization",
+        "ImmunizationEvaluation",
+        "ImmunizationRecommendation",
+        "ImplementationGuide",
+        "InsurancePlan",
+        "Invoice",
+        "Library",
+        "Linkage",
+        "List",
+        "Location",
+        "Measure",
+        "MeasureReport",
+        "Media",
+        "Medication",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "MedicationKnowledge",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "MessageDefinition",
+        "MessageHeader",
+        "MolecularSequence",
+        "NamingSystem",
+        "NutritionOrder",
+        "Observation",
+        "ObservationDefinition",
+        "OperationDefinition",
+        "OperationOutcome",
+        "Organization",
+        "OrganizationAffiliation",
+        "Parameters",
+        "Patient",
+        "PaymentNotice",
+        "PaymentReconciliation",
+        "Person",
+        "PlanDefinition",
+        "Practitioner",
+        "PractitionerRole",
+        "Procedure",
+        "Provenance",
+        "Questionnaire",
+        "QuestionnaireResponse",
+        "RelatedPerson",
+        "RequestGroup",
+        "ResearchDefinition",
+        "ResearchElementDefinition",
+        "ResearchStudy",
+        "ResearchSubject",
+        "RiskAssessment",
+        "RiskEvidenceSynthesis",
+        "Schedule",
+        "SearchParameter",
+        "ServiceRequest",
+        "Slot",
+        "Specimen",
+        "SpecimenDefinition",
+        "StructureDefinition",
+        "StructureMap",
+        "Subscription",
+        "Substance",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+        "SupplyDelivery",
+        "SupplyRequest",
+        "Task",
+        "TerminologyCapabilities",
+        "TestReport",
+        "TestScript",
+        "ValueSet",
+        "VerificationResult",
+        "VisionPrescription",
+    ]
 )
 
 # R4 types with no R4B model (R4B replaced them with the MedicinalProductDefinition family,
 # Citation/Evidence rework and the Substance* redesign). They are stored after a structural
 # check; the CapabilityStatement documents this.
 R4_ONLY_TYPES: frozenset[str] = frozenset(
-    """
-    EffectEvidenceSynthesis MedicinalProduct MedicinalProductAuthorization
-    MedicinalProductContraindication MedicinalProductIndication MedicinalProductIngredient
-    MedicinalProductInteraction MedicinalProductManufactured MedicinalProductPackaged
-    MedicinalProductPharmaceutical MedicinalProductUndesirableEffect RiskEvidenceSynthesis
-    SubstanceNucleicAcid SubstancePolymer SubstanceProtein SubstanceReferenceInformation
-    SubstanceSourceMaterial SubstanceSpecification
-    """.split()
+    [
+        "EffectEvidenceSynthesis",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "RiskEvidenceSynthesis",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+    ]
 )
 
 # Types a client may not store through the REST API (they only exist as operation payloads).

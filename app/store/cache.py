@@ -56,13 +56,13 @@ class CurrentCache:
     def live(self) -> bool:
         return self._live and self.max_entries > 0
 
-    async def start(self, timeout: float = 5.0) -> bool:
+    async def start(self, wait_seconds: float = 5.0) -> bool:
         """Open the change stream; returns whether the cache is in use."""
         if self.max_entries <= 0:
             return False
         self._task = asyncio.create_task(self._follow(), name="hestia-cache-invalidation")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._opened.wait(), timeout)
+            await asyncio.wait_for(self._opened.wait(), wait_seconds)
         return self._live
 
     async def stop(self) -> None:

@@ -91,7 +91,7 @@ class EmbeddedServer:
             ],
             stdout=log_file,
             stderr=log_file,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         if log_path:
             log_file.close()
@@ -184,9 +184,7 @@ class Database:
         self.db = self.client[name]
 
     @classmethod
-    def open(
-        cls, *, uri: str, data_dir: Path, name: str, publish: bool = False
-    ) -> Database:
+    def open(cls, *, uri: str, data_dir: Path, name: str, publish: bool = False) -> Database:
         """Connect to `uri`, or to the embedded server of `data_dir` (starting it if needed)."""
         if uri:
             return cls(uri, name)

@@ -27,7 +27,9 @@ def race(hestia: RunningServer, pid: str, headers: dict[str, str]) -> list[httpx
         return list(pool.map(attempt, range(WRITERS)))
 
 
-def test_racing_if_match_updates_exactly_one_wins(hestia: RunningServer, fhir: httpx.Client) -> None:
+def test_racing_if_match_updates_exactly_one_wins(
+    hestia: RunningServer, fhir: httpx.Client
+) -> None:
     pid = f"race-{uuid.uuid4().hex[:12]}"
     fhir.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}, headers=JSON)
     responses = race(hestia, pid, {"If-Match": 'W/"1"'})
@@ -41,7 +43,9 @@ def test_racing_if_match_updates_exactly_one_wins(hestia: RunningServer, fhir: h
     assert fhir.get(f"/Patient/{pid}").json() == winner
 
 
-def test_racing_blind_updates_get_distinct_versions(hestia: RunningServer, fhir: httpx.Client) -> None:
+def test_racing_blind_updates_get_distinct_versions(
+    hestia: RunningServer, fhir: httpx.Client
+) -> None:
     pid = f"race-{uuid.uuid4().hex[:12]}"
     fhir.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}, headers=JSON)
     responses = race(hestia, pid, {})

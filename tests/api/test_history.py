@@ -12,7 +12,9 @@ import httpx
 JSON = {"Content-Type": "application/fhir+json"}
 
 
-def put(fhir: httpx.Client, resource_type: str, resource_id: str, **fields: object) -> httpx.Response:
+def put(
+    fhir: httpx.Client, resource_type: str, resource_id: str, **fields: object
+) -> httpx.Response:
     body = {"resourceType": resource_type, "id": resource_id, **fields}
     response = fhir.put(f"/{resource_type}/{resource_id}", json=body, headers=JSON)
     assert response.status_code in (200, 201), response.text
@@ -122,7 +124,12 @@ def test_type_and_system_history_include_new_writes(fhir: httpx.Client) -> None:
 
 
 def test_bad_history_parameters_are_400(fhir: httpx.Client) -> None:
-    for params in ({"_since": "yesterday"}, {"_at": "2020-13-01"}, {"_count": "-1"}, {"_cursor": "!!"}):
+    for params in (
+        {"_since": "yesterday"},
+        {"_at": "2020-13-01"},
+        {"_count": "-1"},
+        {"_cursor": "!!"},
+    ):
         response = fhir.get("/Patient/_history", params=params)
         assert response.status_code == 400, (params, response.text)
         assert response.json()["resourceType"] == "OperationOutcome"

@@ -18,16 +18,52 @@ JSON = {"Content-Type": "application/fhir+json"}
 # The clinical, diagnostic and medication modules of R4, plus the patient-centred
 # administration types every clinical record hangs on.
 CLINICAL_TYPES = frozenset(
-    """
-    AdverseEvent AllergyIntolerance BodyStructure CarePlan CareTeam ClinicalImpression
-    Communication CommunicationRequest Composition Condition Consent DetectedIssue DeviceRequest
-    DeviceUseStatement DiagnosticReport DocumentReference Encounter EpisodeOfCare
-    FamilyMemberHistory Flag Goal ImagingStudy Immunization ImmunizationEvaluation
-    ImmunizationRecommendation List Media Medication MedicationAdministration MedicationDispense
-    MedicationRequest MedicationStatement MolecularSequence NutritionOrder Observation Patient
-    Procedure Provenance QuestionnaireResponse RequestGroup RiskAssessment ServiceRequest
-    Specimen VisionPrescription
-    """.split()
+    [
+        "AdverseEvent",
+        "AllergyIntolerance",
+        "BodyStructure",
+        "CarePlan",
+        "CareTeam",
+        "ClinicalImpression",
+        "Communication",
+        "CommunicationRequest",
+        "Composition",
+        "Condition",
+        "Consent",
+        "DetectedIssue",
+        "DeviceRequest",
+        "DeviceUseStatement",
+        "DiagnosticReport",
+        "DocumentReference",
+        "Encounter",
+        "EpisodeOfCare",
+        "FamilyMemberHistory",
+        "Flag",
+        "Goal",
+        "ImagingStudy",
+        "Immunization",
+        "ImmunizationEvaluation",
+        "ImmunizationRecommendation",
+        "List",
+        "Media",
+        "Medication",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MolecularSequence",
+        "NutritionOrder",
+        "Observation",
+        "Patient",
+        "Procedure",
+        "Provenance",
+        "QuestionnaireResponse",
+        "RequestGroup",
+        "RiskAssessment",
+        "ServiceRequest",
+        "Specimen",
+        "VisionPrescription",
+    ]
 )
 TAG = {"system": "urn:hestia:test", "code": "round-trip"}
 

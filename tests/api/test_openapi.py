@@ -45,7 +45,9 @@ def test_every_reference_resolves() -> None:
 def test_live_answers_match_documented_statuses(fhir: httpx.Client) -> None:
     paths = documented()["paths"]
     json_header = {"Content-Type": "application/fhir+json"}
-    created = fhir.post("/Basic", json={"resourceType": "Basic", "code": {"text": "x"}}, headers=json_header)
+    created = fhir.post(
+        "/Basic", json={"resourceType": "Basic", "code": {"text": "x"}}, headers=json_header
+    )
     rid = created.json()["id"]
     calls = [
         ("get", "/fhir/metadata", fhir.get("/metadata")),
@@ -53,8 +55,16 @@ def test_live_answers_match_documented_statuses(fhir: httpx.Client) -> None:
         ("post", "/fhir/{resource_type}", created),
         ("get", "/fhir/{resource_type}/{resource_id}", fhir.get(f"/Basic/{rid}")),
         ("get", "/fhir/{resource_type}/{resource_id}", fhir.get("/Basic/does-not-exist")),
-        ("get", "/fhir/{resource_type}/{resource_id}/_history/{vid}", fhir.get(f"/Basic/{rid}/_history/1")),
-        ("get", "/fhir/{resource_type}/_history", fhir.get("/Basic/_history", params={"_count": 1})),
+        (
+            "get",
+            "/fhir/{resource_type}/{resource_id}/_history/{vid}",
+            fhir.get(f"/Basic/{rid}/_history/1"),
+        ),
+        (
+            "get",
+            "/fhir/{resource_type}/_history",
+            fhir.get("/Basic/_history", params={"_count": 1}),
+        ),
         ("get", "/fhir/{resource_type}/{resource_id}/_history", fhir.get(f"/Basic/{rid}/_history")),
         ("delete", "/fhir/{resource_type}/{resource_id}", fhir.delete(f"/Basic/{rid}")),
         ("get", "/fhir/{resource_type}/{resource_id}", fhir.get(f"/Basic/{rid}")),
@@ -62,6 +72,10 @@ def test_live_answers_match_documented_statuses(fhir: httpx.Client) -> None:
     ]
     for method, path, response in calls:
         documented_statuses = paths[path][method]["responses"]
-        assert str(response.status_code) in documented_statuses, (method, path, response.status_code)
+        assert str(response.status_code) in documented_statuses, (
+            method,
+            path,
+            response.status_code,
+        )
         if response.status_code >= 400 or response.content:
             assert response.headers["content-type"].startswith("application/fhir+json")

@@ -4,8 +4,8 @@ app and database."""
 from __future__ import annotations
 
 import uuid
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import httpx
 
@@ -28,7 +28,9 @@ def create(fhir: httpx.Client, resource: dict[str, object]) -> httpx.Response:
 
 
 def test_create_sets_id_version_and_headers(fhir: httpx.Client) -> None:
-    response = create(fhir, new_patient(meta={"versionId": "99", "lastUpdated": "2001-01-01T00:00:00Z"}))
+    response = create(
+        fhir, new_patient(meta={"versionId": "99", "lastUpdated": "2001-01-01T00:00:00Z"})
+    )
     body = response.json()
     assert body["meta"]["versionId"] == "1"
     assert body["meta"]["lastUpdated"] != "2001-01-01T00:00:00Z"
@@ -142,9 +144,7 @@ def test_prefer_return(fhir: httpx.Client) -> None:
 
 
 def test_json_formats_accepted_and_xml_refused(fhir: httpx.Client) -> None:
-    plain = fhir.post(
-        "/Patient", json=new_patient(), headers={"Content-Type": "application/json"}
-    )
+    plain = fhir.post("/Patient", json=new_patient(), headers={"Content-Type": "application/json"})
     assert plain.status_code == 201
     url = f"/Patient/{plain.json()['id']}"
     assert fhir.get(url, headers={"Accept": "application/json"}).status_code == 200

@@ -42,7 +42,9 @@ def test_embedded_data_survives_restart_and_is_shared(tmp_path: Path) -> None:
     data_dir = tmp_path / "persist"
     try:
         body = {"resourceType": "Patient", "id": "survivor", "gender": "female"}
-        assert httpx.put(f"{first.fhir}/Patient/survivor", json=body, headers=JSON).status_code == 201
+        assert (
+            httpx.put(f"{first.fhir}/Patient/survivor", json=body, headers=JSON).status_code == 201
+        )
         runtime = json.loads((data_dir / "hestia-db.json").read_text())
         assert runtime["mongodb_uri"].startswith("mongodb://127.0.0.1:")
 
