@@ -67,6 +67,7 @@ class CurrentCache:
 
     async def stop(self) -> None:
         self._live = False
+        self._entries.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, PyMongoError):
