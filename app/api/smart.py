@@ -17,7 +17,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from app.fhir.outcome import FhirError
+from app.fhir.outcome import FhirError, NotFound
 from app.security import oauth, pages
 from app.security.discovery import openid_configuration, smart_configuration
 from app.security.errors import OAuthError
@@ -34,7 +34,9 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def _security(request: Request) -> Security:
-    security: Security = request.app.state.security
+    security: Security | None = request.app.state.security
+    if security is None:
+        raise NotFound("Authentication is off on this server (HESTIA_AUTH=off): no OAuth endpoints")
     return security
 
 
