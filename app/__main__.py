@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="show which database this data dir uses and what it holds"
     )
     _common(status)
+
+    from app.security.cli import add_security_commands
+
+    add_security_commands(commands, _common)
     return parser
 
 
@@ -81,7 +85,7 @@ def serve(settings: Settings, workers: int) -> int:
     if not settings.mongodb_uri:
         # Started here rather than in the app's lifespan so that several worker processes
         # share one database, and so that it is stopped exactly once.
-        embedded = start_embedded(settings.data_dir)
+        embedded = start_embedded(settings.data_dir, settings.fhir_base)
         settings = replace(settings, mongodb_uri=embedded.uri)
         print(f"Database: embedded SecantusDB in {settings.data_dir / 'db'}", flush=True)
     else:
@@ -117,10 +121,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "port": getattr(args, "port", None),
     }
     settings = Settings.from_env(**overrides)
+    if args.command != "serve" and not settings.base_url:
+        # Tokens name the server as issuer and audience: use the running server's base URL.
+        from app.store.client import running_server_info
+
+        published = running_server_info(settings.data_dir).get("fhir_base")
+        if isinstance(published, str) and published:
+            settings = replace(settings, base_url=published)
     if args.command == "serve":
         return serve(settings, args.workers)
     if args.command == "status":
         return asyncio.run(status(settings))
+    from app.security.cli import SECURITY_COMMANDS, run_security_command
+
+    if args.command in SECURITY_COMMANDS:
+        return run_security_command(args, settings)
     return 2
 
 

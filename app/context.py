@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.fhir.interactions import Interactions
+from app.security.service import Security
 from app.settings import Settings
+from app.store.cache import CurrentCache
+from app.store.changes import ChangeFeed
 from app.store.client import Database
 from app.store.versions import Store
 
@@ -17,3 +20,6 @@ class Services:
     store: Store
     interactions: Interactions
     started: str
+    feed: ChangeFeed
+    cache: CurrentCache
+    security: Security | None = None

@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api import fhir
+from app.api import fhir, smart
 from app.api.http import error_response
 from app.context import Services
 from app.fhir import model
@@ -27,7 +27,11 @@ from app.fhir.outcome import (
     NotFound,
     ServiceUnavailable,
 )
+from app.security.admin import bootstrap_dev_client
+from app.security.service import Security, SecurityConfig
 from app.settings import Settings
+from app.store.cache import CurrentCache
+from app.store.changes import ChangeFeed
 from app.store.client import Database
 from app.store.versions import Store, instant, now_utc
 
@@ -45,19 +49,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name=settings.database,
             publish=True,
         )
+        feed = ChangeFeed(database.db)
         try:
             await database.ping()
             store = Store(database.db)
             await store.ensure_indexes(sorted(model.STORABLE_TYPES))
+            cache = CurrentCache(settings.read_cache_entries)
+            feed.subscribe(cache)
+            security = await open_security(settings, database)
+            if security is not None:
+                feed.subscribe(security.revocations)
+            await feed.start()
+            app.state.security = security
             app.state.services = Services(
                 settings=settings,
                 database=database,
                 store=store,
                 interactions=Interactions(store, BasicMatcher(store)),
                 started=instant(now_utc()),
+                feed=feed,
+                cache=cache,
+                security=security,
             )
             yield
         finally:
+            await feed.stop()
             await database.close()
 
     app = FastAPI(
@@ -68,9 +84,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    # The SMART router first: `/fhir/{type}/{id}` would otherwise take `/fhir/.well-known/…`.
+    app.include_router(smart.router)
     app.include_router(fhir.router)
     install_error_handlers(app)
     return app
+
+
+async def open_security(settings: Settings, database: Database) -> Security | None:
+    """The authorization server, or None when authentication is off (development only)."""
+    if not settings.auth:
+        log.warning(
+            "AUTHENTICATION IS OFF (HESTIA_AUTH=off): every request has full access. "
+            "Use this for local development only."
+        )
+        return None
+    security = await Security.open(database.db, SecurityConfig(fhir_base=settings.fhir_base))
+    try:
+        lines = await bootstrap_dev_client(security)
+    except DuplicateKeyError:
+        lines = None  # another worker registered it at the same moment
+    if lines:
+        # The console, not the log: the operator needs the secret once, log files keep it.
+        print("\n".join(lines), flush=True)
+    return security
 
 
 def install_error_handlers(app: FastAPI) -> None:

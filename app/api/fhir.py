@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.api.access import authorize, ensure_visible, ensure_writable
 from app.api.http import (
     FhirResponse,
     check_content_type,
@@ -25,7 +26,9 @@ from app.context import Services
 from app.fhir import capability, history, model
 from app.fhir.interactions import parse_etag
 from app.fhir.matching import compile_basic
-from app.fhir.outcome import BadRequest
+from app.fhir.outcome import BadRequest, Forbidden
+from app.security.discovery import capability_security
+from app.security.policy import Access
 from app.store.versions import Version, instant
 
 router = APIRouter(prefix="/fhir")
@@ -89,12 +92,21 @@ def read_response(request: Request, version: Version) -> Response:
 async def metadata(request: Request) -> Response:
     negotiate(request)
     svc = services(request)
-    statement = capability.capability_statement(base_url(request), published=svc.started)
+    security = capability_security(svc.security.config) if svc.security else None
+    statement = capability.capability_statement(
+        base_url(request), published=svc.started, security=security
+    )
     return FhirResponse(statement, pretty=is_pretty(request))
 
 
 @router.get("/_history")
 async def history_system(request: Request) -> Response:
+    access = await authorize(request, "history-system", "*")
+    if access.patient_scope is not None:
+        raise Forbidden(
+            "System history is not available to a patient-scoped token; read the history "
+            "of one resource instead"
+        )
     return await _history(request, None, None)
 
 
@@ -105,23 +117,27 @@ async def history_system(request: Request) -> Response:
 async def search_type(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
-    return await _search(request, resource_type, criteria(request))
+    access = await authorize(request, "search", resource_type)
+    return await _search(request, resource_type, criteria(request), access)
 
 
 @router.post("/{resource_type}/_search")
 async def search_post(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    access = await authorize(request, "search", resource_type)
     form = await request.form()
     items = [(k, str(v)) for k, v in form.multi_items()]
-    return await _search(request, resource_type, criteria(request) + items)
+    return await _search(request, resource_type, criteria(request) + items, access)
 
 
 @router.post("/{resource_type}")
 async def create(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    access = await authorize(request, "create", resource_type)
     resource = await resource_body(request)
+    ensure_writable(access, resource)
     if_none_exist = request.headers.get("if-none-exist")
     conditions = None
     if if_none_exist is not None:
@@ -130,6 +146,7 @@ async def create(request: Request, resource_type: str) -> Response:
         conditions = parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True)
         if not conditions:
             raise BadRequest("If-None-Exist carries no search criteria")
+        _no_conditional_for_patient_scope(access)
     result = await services(request).interactions.create(
         resource_type, resource, if_none_exist=conditions
     )
@@ -141,6 +158,8 @@ async def create(request: Request, resource_type: str) -> Response:
 async def conditional_update(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    access = await authorize(request, "update", resource_type)
+    _no_conditional_for_patient_scope(access)
     conditions = criteria(request)
     if not conditions:
         raise BadRequest("A conditional update needs search criteria in the URL")
@@ -156,6 +175,8 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
 async def conditional_delete(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    access = await authorize(request, "delete", resource_type)
+    _no_conditional_for_patient_scope(access)
     conditions = criteria(request)
     if not conditions:
         raise BadRequest("A conditional delete needs search criteria in the URL")
@@ -166,6 +187,12 @@ async def conditional_delete(request: Request, resource_type: str) -> Response:
 @router.get("/{resource_type}/_history")
 async def history_type(request: Request, resource_type: str) -> Response:
     model.check_type(resource_type)
+    access = await authorize(request, "history-type", resource_type)
+    if access.patient_scope is not None:
+        raise Forbidden(
+            f"History of all {resource_type} resources is not available to a patient-scoped "
+            "token; read the history of one resource instead"
+        )
     return await _history(request, resource_type, None)
 
 
@@ -176,7 +203,9 @@ async def history_type(request: Request, resource_type: str) -> Response:
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    access = await authorize(request, "read", resource_type)
     version = await services(request).interactions.read(resource_type, resource_id)
+    ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
     return read_response(request, version)
 
 
@@ -185,7 +214,11 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     negotiate(request)
     model.check_type(resource_type)
     model.check_id(resource_id)
+    access = await authorize(request, "update", resource_type)
     resource = await resource_body(request)
+    ensure_writable(access, resource)
+    if access.patient_scope is not None:
+        await _ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.update(
         resource_type, resource_id, resource, if_match=_if_match(request)
     )
@@ -197,6 +230,9 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
 async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    access = await authorize(request, "delete", resource_type)
+    if access.patient_scope is not None:
+        await _ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.delete(resource_type, resource_id)
     return _delete_response(result.version)
 
@@ -205,18 +241,40 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
 async def history_instance(request: Request, resource_type: str, resource_id: str) -> Response:
     model.check_type(resource_type)
     model.check_id(resource_id)
-    return await _history(request, resource_type, resource_id)
+    access = await authorize(request, "history-instance", resource_type)
+    return await _history(request, resource_type, resource_id, access)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{vid}")
 async def vread(request: Request, resource_type: str, resource_id: str, vid: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    access = await authorize(request, "vread", resource_type)
     version = await services(request).interactions.vread(resource_type, resource_id, vid)
+    ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
     return read_response(request, version)
 
 
 # Helpers
+
+
+def _no_conditional_for_patient_scope(access: Access) -> None:
+    # A conditional write would act on whatever the criteria match before the compartment
+    # could be checked; patient-scoped apps address resources by id instead.
+    if access.patient_scope is not None:
+        raise Forbidden(
+            "Conditional create, update and delete are not available to patient-scoped "
+            "tokens; address the resource by id"
+        )
+
+
+async def _ensure_current_visible(
+    request: Request, access: Access, resource_type: str, resource_id: str
+) -> None:
+    """For a patient-scoped write to an existing resource: it must be in the compartment."""
+    doc = await services(request).store.read_current(resource_type, resource_id)
+    if doc is not None and not doc.get("deleted"):
+        ensure_visible(access, doc.get("resource"), f"{resource_type}/{resource_id}")
 
 
 def _if_match(request: Request) -> int | None:
@@ -230,7 +288,10 @@ def _delete_response(version: Version | None) -> Response:
 
 
 async def _history(
-    request: Request, resource_type: str | None, resource_id: str | None
+    request: Request,
+    resource_type: str | None,
+    resource_id: str | None,
+    access: Access | None = None,
 ) -> Response:
     negotiate(request)
     svc = services(request)
@@ -245,6 +306,9 @@ async def _history(
         at=params.get("_at"),
         cursor=params.get("_cursor"),
     )
+    if access is not None and access.patient_scope is not None:
+        for doc in page.entries:
+            ensure_visible(access, doc.get("resource"), f"{resource_type}/{resource_id}")
     base = base_url(request)
     path = "/".join(p for p in (base, resource_type, resource_id, "_history") if p)
     kept = [(k, v) for k, v in params.multi_items() if k != "_cursor"]
@@ -256,8 +320,12 @@ async def _history(
     return FhirResponse(bundle, pretty=is_pretty(request))
 
 
-async def _search(request: Request, resource_type: str, items: list[tuple[str, str]]) -> Response:
+async def _search(
+    request: Request, resource_type: str, items: list[tuple[str, str]], access: Access
+) -> Response:
     svc = services(request)
+    if not access.unrestricted:
+        raise Forbidden("Compartment-limited search is not available yet")
     count = page_size(request)
     docs = await svc.store.find(resource_type, compile_basic(items), sort=[("_id", 1)], limit=count)
     base = base_url(request)

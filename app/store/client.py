@@ -138,33 +138,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def running_database_uri(data_dir: Path) -> str | None:
-    """The URI a live `hestia serve` on this data dir published, if any."""
+def running_server_info(data_dir: Path) -> dict[str, Any]:
+    """What a live `hestia serve` on this data dir published ({} when none runs)."""
     path = data_dir / RUNTIME_FILE
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    pid = info.get("pid")
+        return {}
+    pid = info.get("pid") if isinstance(info, dict) else None
     if not isinstance(pid, int) or not _pid_alive(pid):
-        return None
-    uri = info.get("mongodb_uri")
+        return {}
+    return dict(info)
+
+
+def running_database_uri(data_dir: Path) -> str | None:
+    """The database URI a live `hestia serve` on this data dir published, if any."""
+    uri = running_server_info(data_dir).get("mongodb_uri")
     return uri if isinstance(uri, str) else None
 
 
-def publish_runtime(data_dir: Path, uri: str) -> Path:
+def publish_runtime(data_dir: Path, uri: str, fhir_base: str = "") -> Path:
     path = data_dir / RUNTIME_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "mongodb_uri": uri}))
+    tmp.write_text(json.dumps({"pid": os.getpid(), "mongodb_uri": uri, "fhir_base": fhir_base}))
     tmp.replace(path)
     return path
 
 
-def start_embedded(data_dir: Path) -> EmbeddedServer:
-    """Start the embedded server on DATA_DIR/db and publish its URI for other commands."""
+def start_embedded(data_dir: Path, fhir_base: str = "") -> EmbeddedServer:
+    """Start the embedded server on DATA_DIR/db and publish its URI (and the server's FHIR
+    base URL, the token audience) for other commands on the same data dir."""
     data_dir.mkdir(parents=True, exist_ok=True)
     server = EmbeddedServer.start(str(data_dir / "db"), log_path=data_dir / "db.log")
-    server.runtime_file = publish_runtime(data_dir, server.uri)
+    server.runtime_file = publish_runtime(data_dir, server.uri, fhir_base)
     return server
 
 

@@ -15,6 +15,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.store.cache import CurrentCache
+from app.store.changes import ChangeFeed
 from app.store.client import EmbeddedServer
 
 Doc = dict[str, Any]
@@ -36,8 +37,9 @@ async def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> boo
 
 
 async def test_other_writers_invalidate_through_the_change_stream(db: AsyncDatabase[Doc]) -> None:
-    cache = CurrentCache(db)
-    assert await cache.start()
+    cache, feed = CurrentCache(), ChangeFeed(db)
+    feed.subscribe(cache)
+    assert await feed.start()
     try:
         patients = db["Patient"]
         await patients.insert_one({"_id": "p1", "vid": 1})
@@ -48,12 +50,13 @@ async def test_other_writers_invalidate_through_the_change_stream(db: AsyncDatab
         await patients.replace_one({"_id": "p1"}, {"vid": 2})
         assert await wait_until(lambda: cache.get("Patient", "p1") is None)
     finally:
-        await cache.stop()
+        await feed.stop()
 
 
 async def test_history_writes_do_not_evict_current_entries(db: AsyncDatabase[Doc]) -> None:
-    cache = CurrentCache(db)
-    assert await cache.start()
+    cache, feed = CurrentCache(), ChangeFeed(db)
+    feed.subscribe(cache)
+    assert await feed.start()
     try:
         cache.put("Patient", "p1", {"_id": "p1", "vid": 1}, cache.epoch())
         await db["history"].insert_one({"_id": "Patient/p1/1"})
@@ -64,12 +67,13 @@ async def test_history_writes_do_not_evict_current_entries(db: AsyncDatabase[Doc
         assert await wait_until(lambda: cache.get("Marker", "m") is None)
         assert cache.get("Patient", "p1") == {"_id": "p1", "vid": 1}
     finally:
-        await cache.stop()
+        await feed.stop()
 
 
 async def test_a_read_that_raced_an_invalidation_is_not_stored(db: AsyncDatabase[Doc]) -> None:
-    cache = CurrentCache(db)
-    assert await cache.start()
+    cache, feed = CurrentCache(), ChangeFeed(db)
+    feed.subscribe(cache)
+    assert await feed.start()
     try:
         began = cache.epoch()  # a read starts and fetches version 1 ...
         cache.invalidate("Patient", "p1")  # ... while a write of version 2 commits
@@ -79,32 +83,36 @@ async def test_a_read_that_raced_an_invalidation_is_not_stored(db: AsyncDatabase
         cache.put("Patient", "p1", {"_id": "p1", "vid": 2}, cache.epoch())
         assert cache.get("Patient", "p1") == {"_id": "p1", "vid": 2}
     finally:
-        await cache.stop()
+        await feed.stop()
 
 
 async def test_a_stopped_stream_bypasses_and_empties_the_cache(db: AsyncDatabase[Doc]) -> None:
-    cache = CurrentCache(db)
-    assert await cache.start()
+    cache, feed = CurrentCache(), ChangeFeed(db)
+    feed.subscribe(cache)
+    assert await feed.start()
     cache.put("Patient", "p1", {"_id": "p1"}, cache.epoch())
-    await cache.stop()
+    await feed.stop()
     assert not cache.live
     assert cache.get("Patient", "p1") is None
 
 
 async def test_size_zero_disables_the_cache(db: AsyncDatabase[Doc]) -> None:
-    cache = CurrentCache(db, max_entries=0)
-    assert not await cache.start()
+    cache, feed = CurrentCache(max_entries=0), ChangeFeed(db)
+    feed.subscribe(cache)
+    assert await feed.start()
     cache.put("Patient", "p1", {"_id": "p1"}, cache.epoch())
     assert cache.get("Patient", "p1") is None
+    await feed.stop()
 
 
 async def test_least_recently_used_entries_are_evicted(db: AsyncDatabase[Doc]) -> None:
-    cache = CurrentCache(db, max_entries=2)
-    assert await cache.start()
+    cache, feed = CurrentCache(max_entries=2), ChangeFeed(db)
+    feed.subscribe(cache)
+    assert await feed.start()
     try:
         for n in range(3):
             cache.put("Basic", str(n), {"_id": str(n)}, cache.epoch())
         assert cache.get("Basic", "0") is None
         assert cache.get("Basic", "2") == {"_id": "2"}
     finally:
-        await cache.stop()
+        await feed.stop()

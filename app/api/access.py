@@ -1,0 +1,49 @@
+"""Who is calling, and what they may reach: the security check every FHIR route starts with.
+
+Authentication and scope checks happen here, before any FHIR logic (DESIGN.md, request flow);
+the compartment limits they produce travel with the call into the search and read layers.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from app.context import Services
+from app.fhir.search.extract import patient_compartments
+from app.security.policy import Access, AccessContext, PolicyInteraction, authenticate
+
+JsonDict = dict[str, object]
+
+UNRESTRICTED = AccessContext.unrestricted()
+
+
+async def caller(request: Request) -> AccessContext:
+    """The request's AccessContext; 401 without a valid token when authentication is on."""
+    services: Services = request.app.state.services
+    if not services.settings.auth or services.security is None:
+        return UNRESTRICTED
+    cached = getattr(request.state, "caller", None)
+    if isinstance(cached, AccessContext):
+        return cached
+    context = await authenticate(request.headers.get("authorization"), services.security)
+    request.state.caller = context
+    return context
+
+
+async def authorize(request: Request, interaction: PolicyInteraction, resource_type: str) -> Access:
+    """The reach of this request's interaction on `resource_type`; 401 or 403 otherwise."""
+    return (await caller(request)).authorize(interaction, resource_type)
+
+
+def ensure_visible(access: Access, resource: dict[str, object] | None, reference: str) -> None:
+    """404 for a resource outside the caller's patient compartment (existence not leaked)."""
+    if access.patient_scope is None or resource is None:
+        return
+    access.ensure_visible(patient_compartments(dict(resource)), reference)
+
+
+def ensure_writable(access: Access, resource: dict[str, object]) -> None:
+    """403 when a patient-scoped caller writes content outside its patient's compartment."""
+    if access.patient_scope is None:
+        return
+    access.ensure_writable(patient_compartments(dict(resource)))

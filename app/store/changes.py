@@ -1,0 +1,101 @@
+"""One change stream on the database, shared by the in-memory mirrors that must follow it.
+
+Every instance of Hestia keeps small in-memory views of data that other instances may change:
+the read cache of current versions, the token revocation list. Each view subscribes here. While
+the stream runs, a subscriber sees every committed change a few milliseconds after commit; when
+the stream is not running (not yet open, broken, or unsupported by the server), subscribers are
+told so and must fall back to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Protocol
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger("hestia.store.changes")
+
+Doc = dict[str, Any]
+
+
+class Subscriber(Protocol):
+    def on_change(self, collection: str, operation: str, key: Any) -> None:
+        """A committed change to `collection`'s document `key` (None for whole-collection
+        events such as drop)."""
+
+    def on_live(self, live: bool) -> None:
+        """The stream started (True) or stopped (False): a stopped stream means changes may
+        have been missed, so anything mirrored must be dropped or reloaded."""
+
+
+class ChangeFeed:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.db = db
+        self.live = False
+        self._subscribers: list[Subscriber] = []
+        self._task: asyncio.Task[None] | None = None
+        self._opened = asyncio.Event()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+        subscriber.on_live(self.live)
+
+    async def start(self, wait_seconds: float = 5.0) -> bool:
+        """Open the stream; True once it runs (False: subscribers use the database)."""
+        self._task = asyncio.create_task(self._follow(), name="hestia-change-feed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._opened.wait(), wait_seconds)
+        return self.live
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PyMongoError):
+                await self._task
+            self._task = None
+        self._set_live(False)
+
+    async def _follow(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with await self.db.watch() as stream:
+                    self._set_live(True)
+                    delay = 0.1
+                    async for change in stream:
+                        self._dispatch(change)
+            except asyncio.CancelledError:
+                raise
+            except PyMongoError as exc:
+                log.warning("change stream stopped (%s); retrying", type(exc).__name__)
+            self._set_live(False)
+            self._opened.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _set_live(self, live: bool) -> None:
+        if live:
+            self._opened.set()
+        if live == self.live and live:
+            return
+        self.live = live
+        for subscriber in self._subscribers:
+            subscriber.on_live(live)
+
+    def _dispatch(self, change: Doc) -> None:
+        operation = str(change.get("operationType", ""))
+        if operation in ("dropDatabase", "invalidate"):
+            # Everything may be gone: the same as losing the stream, then regaining it.
+            self._set_live(False)
+            self._set_live(True)
+            return
+        collection = (change.get("ns") or {}).get("coll")
+        if not collection:
+            return
+        key = (change.get("documentKey") or {}).get("_id")
+        for subscriber in self._subscribers:
+            subscriber.on_change(str(collection), operation, key)
