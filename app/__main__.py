@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -72,6 +73,10 @@ async def status(settings: Settings) -> int:
     return 0
 
 
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(settings: Settings, workers: int) -> int:
     import uvicorn
 
@@ -98,6 +103,10 @@ def serve(settings: Settings, workers: int) -> int:
         "access_log": False,
         "server_header": False,
     }
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, under the handler that was
+    # installed before it started: make that an orderly exit so the `finally` below runs.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_quietly)
     try:
         if workers <= 1:
             uvicorn.run(create_app(settings), **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.fhir.interactions import Interactions
+from app.fhir.search.execute import SearchEngine
 from app.security.service import Security
 from app.settings import Settings
 from app.store.cache import CurrentCache
@@ -19,6 +20,7 @@ class Services:
     database: Database
     store: Store
     interactions: Interactions
+    search: SearchEngine
     started: str
     feed: ChangeFeed
     cache: CurrentCache

@@ -19,7 +19,6 @@ from app.api.http import error_response
 from app.context import Services
 from app.fhir import model
 from app.fhir.interactions import Interactions
-from app.fhir.matching import BasicMatcher
 from app.fhir.outcome import (
     BadRequest,
     FhirError,
@@ -27,12 +26,14 @@ from app.fhir.outcome import (
     NotFound,
     ServiceUnavailable,
 )
+from app.fhir.search.execute import SearchEngine
 from app.security.admin import bootstrap_dev_client
 from app.security.service import Security, SecurityConfig
 from app.settings import Settings
 from app.store.cache import CurrentCache
 from app.store.changes import ChangeFeed
-from app.store.client import Database
+from app.store.client import Database, shared_secret
+from app.store.indexes import ensure_search_indexes
 from app.store.versions import Store, instant, now_utc
 
 log = logging.getLogger("hestia")
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await database.ping()
             store = Store(database.db)
             await store.ensure_indexes(sorted(model.STORABLE_TYPES))
+            await ensure_search_indexes(store, sorted(model.STORABLE_TYPES))
+            engine = SearchEngine(store, cursor_secret=await shared_secret(database, "cursor"))
             cache = CurrentCache(settings.read_cache_entries)
             feed.subscribe(cache)
             security = await open_security(settings, database)
@@ -65,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings=settings,
                 database=database,
                 store=store,
-                interactions=Interactions(store, BasicMatcher(store)),
+                interactions=Interactions(store, engine.match_ids),
+                search=engine,
                 started=instant(now_utc()),
                 feed=feed,
                 cache=cache,

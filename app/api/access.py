@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from app.context import Services
+from app.fhir.outcome import NotFound
 from app.fhir.search.extract import patient_compartments
 from app.security.policy import Access, AccessContext, PolicyInteraction, authenticate
 
@@ -47,3 +48,19 @@ def ensure_writable(access: Access, resource: dict[str, object]) -> None:
     if access.patient_scope is None:
         return
     access.ensure_writable(patient_compartments(dict(resource)))
+
+
+async def ensure_within_filters(
+    request: Request, access: Access, resource_type: str, resource_id: str
+) -> None:
+    """404 for a resource a granular scope (e.g. `?category=laboratory`) does not cover.
+
+    The check runs the scope's criteria as a search for this id, so reads apply exactly the
+    rule searches apply.
+    """
+    if not access.filters:
+        return
+    services: Services = request.app.state.services
+    items = [("_id", resource_id), *access.extra_criteria()]
+    if not await services.search.match_ids(resource_type, items, limit=1):
+        raise NotFound(f"{resource_type}/{resource_id} is not known")

@@ -10,7 +10,13 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.access import authorize, ensure_visible, ensure_writable
+from app.api.access import (
+    authorize,
+    caller,
+    ensure_visible,
+    ensure_within_filters,
+    ensure_writable,
+)
 from app.api.http import (
     FhirResponse,
     check_content_type,
@@ -18,6 +24,7 @@ from app.api.http import (
     is_pretty,
     negotiate,
     parse_http_date,
+    prefer_strict,
     read_body,
     version_headers,
     write_response,
@@ -25,7 +32,6 @@ from app.api.http import (
 from app.context import Services
 from app.fhir import capability, history, model
 from app.fhir.interactions import parse_etag
-from app.fhir.matching import compile_basic
 from app.fhir.outcome import BadRequest, Forbidden
 from app.security.discovery import capability_security
 from app.security.policy import Access
@@ -47,6 +53,10 @@ def base_url(request: Request) -> str:
     if configured:
         return configured.rstrip("/")
     return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def query_items(request: Request) -> list[tuple[str, str]]:
+    return list(request.query_params.multi_items())
 
 
 def criteria(request: Request) -> list[tuple[str, str]]:
@@ -92,11 +102,41 @@ def read_response(request: Request, version: Version) -> Response:
 async def metadata(request: Request) -> Response:
     negotiate(request)
     svc = services(request)
-    security = capability_security(svc.security.config) if svc.security else None
-    statement = capability.capability_statement(
-        base_url(request), published=svc.started, security=security
-    )
+    base = base_url(request)
+    statement = _capabilities.get(base)
+    if statement is None or statement["date"] != svc.started:
+        security = capability_security(svc.security.config) if svc.security else None
+        statement = capability.capability_statement(
+            base,
+            published=svc.started,
+            search_params={t: svc.search.search_parameters(t) for t in model.STORABLE_TYPES},
+            security=security,
+        )
+        _capabilities[base] = statement
     return FhirResponse(statement, pretty=is_pretty(request))
+
+
+# Built once per base URL (and server start): it only changes when the code does.
+_capabilities: dict[str, JsonDict] = {}
+
+
+@router.get("")
+async def search_system(request: Request) -> Response:
+    negotiate(request)
+    items = query_items(request)
+    types = [t for k, v in items if k == "_type" for t in v.split(",") if t]
+    for resource_type in types:
+        model.check_type(resource_type)
+    accesses = [await authorize(request, "search", t) for t in types] or [
+        await authorize(request, "search-system", "*")
+    ]
+    access = accesses[0]
+    if len(accesses) > 1 and not all(a.unrestricted for a in accesses):
+        raise Forbidden(
+            "This token's access is limited per type (patient compartment or granular "
+            "scopes): search one type at a time, or through Patient/[id]/[type]"
+        )
+    return await _search(request, None, items, access)
 
 
 @router.get("/_history")
@@ -118,7 +158,7 @@ async def search_type(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
     access = await authorize(request, "search", resource_type)
-    return await _search(request, resource_type, criteria(request), access)
+    return await _search(request, resource_type, query_items(request), access)
 
 
 @router.post("/{resource_type}/_search")
@@ -128,7 +168,7 @@ async def search_post(request: Request, resource_type: str) -> Response:
     access = await authorize(request, "search", resource_type)
     form = await request.form()
     items = [(k, str(v)) for k, v in form.multi_items()]
-    return await _search(request, resource_type, criteria(request) + items, access)
+    return await _search(request, resource_type, query_items(request) + items, access)
 
 
 @router.post("/{resource_type}")
@@ -206,6 +246,7 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
     access = await authorize(request, "read", resource_type)
     version = await services(request).interactions.read(resource_type, resource_id)
     ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
+    await ensure_within_filters(request, access, resource_type, resource_id)
     return read_response(request, version)
 
 
@@ -217,7 +258,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     access = await authorize(request, "update", resource_type)
     resource = await resource_body(request)
     ensure_writable(access, resource)
-    if access.patient_scope is not None:
+    if not access.unrestricted:
         await _ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.update(
         resource_type, resource_id, resource, if_match=_if_match(request)
@@ -231,7 +272,7 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
     negotiate(request)
     model.check_type(resource_type)
     access = await authorize(request, "delete", resource_type)
-    if access.patient_scope is not None:
+    if not access.unrestricted:
         await _ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.delete(resource_type, resource_id)
     return _delete_response(result.version)
@@ -242,6 +283,7 @@ async def history_instance(request: Request, resource_type: str, resource_id: st
     model.check_type(resource_type)
     model.check_id(resource_id)
     access = await authorize(request, "history-instance", resource_type)
+    await ensure_within_filters(request, access, resource_type, resource_id)
     return await _history(request, resource_type, resource_id, access)
 
 
@@ -252,7 +294,28 @@ async def vread(request: Request, resource_type: str, resource_id: str, vid: str
     access = await authorize(request, "vread", resource_type)
     version = await services(request).interactions.vread(resource_type, resource_id, vid)
     ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
+    await ensure_within_filters(request, access, resource_type, resource_id)
     return read_response(request, version)
+
+
+@router.get("/{compartment_type}/{compartment_id}/{resource_type}")
+async def search_compartment(
+    request: Request, compartment_type: str, compartment_id: str, resource_type: str
+) -> Response:
+    negotiate(request)
+    model.check_type(compartment_type)
+    model.check_id(compartment_id)
+    target = None if resource_type == "*" else resource_type
+    if target is not None:
+        model.check_type(target)
+    access = await authorize(request, "search", target or "*")
+    return await _search(
+        request,
+        target,
+        query_items(request),
+        access,
+        compartment=(compartment_type, compartment_id),
+    )
 
 
 # Helpers
@@ -271,10 +334,11 @@ def _no_conditional_for_patient_scope(access: Access) -> None:
 async def _ensure_current_visible(
     request: Request, access: Access, resource_type: str, resource_id: str
 ) -> None:
-    """For a patient-scoped write to an existing resource: it must be in the compartment."""
+    """For a limited write to an existing resource: it must be within the caller's reach."""
     doc = await services(request).store.read_current(resource_type, resource_id)
     if doc is not None and not doc.get("deleted"):
         ensure_visible(access, doc.get("resource"), f"{resource_type}/{resource_id}")
+        await ensure_within_filters(request, access, resource_type, resource_id)
 
 
 def _if_match(request: Request) -> int | None:
@@ -321,28 +385,35 @@ async def _history(
 
 
 async def _search(
-    request: Request, resource_type: str, items: list[tuple[str, str]], access: Access
+    request: Request,
+    resource_type: str | None,
+    items: list[tuple[str, str]],
+    access: Access,
+    compartment: tuple[str, str] | None = None,
 ) -> Response:
+    """Run a search; `items` are all the request's parameters, result parameters included."""
     svc = services(request)
-    if not access.unrestricted:
-        raise Forbidden("Compartment-limited search is not available yet")
-    count = page_size(request)
-    docs = await svc.store.find(resource_type, compile_basic(items), sort=[("_id", 1)], limit=count)
-    base = base_url(request)
-    bundle: JsonDict = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(docs),
-        "link": [{"relation": "self", "url": str(request.url)}],
-        "entry": [
-            {
-                "fullUrl": f"{base}/{resource_type}/{d['_id']}",
-                "resource": d["resource"],
-                "search": {"mode": "match"},
-            }
-            for d in docs
-        ],
-    }
+    settings = svc.settings
+    bundle = await svc.search.search(
+        resource_type,
+        items + access.extra_criteria(),
+        base_url=base_url(request),
+        page_size=settings.default_page_size,
+        max_page_size=settings.max_page_size,
+        strict=prefer_strict(request),
+        compartment=compartment,
+        patient_scope=access.patient_scope,
+    )
+    context = await caller(request)
+    # Included resources of types the token may not search are dropped, never shown.
+    entries = bundle.get("entry")
+    if entries and context.authenticated:
+        bundle["entry"] = [
+            e
+            for e in entries
+            if e.get("search", {}).get("mode") != "include"
+            or context.permits("search", str(e.get("resource", {}).get("resourceType")))
+        ]
     return FhirResponse(bundle, pretty=is_pretty(request))
 
 

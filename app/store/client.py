@@ -218,3 +218,19 @@ class Database:
         await self.client.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+
+
+async def shared_secret(database: Database, name: str) -> bytes:
+    """A random secret every instance on this database shares (created on first use), for
+    values one instance signs and another must accept, such as paging cursors."""
+    import secrets
+
+    doc = await database.db["server_secrets"].find_one_and_update(
+        {"_id": name},
+        {"$setOnInsert": {"value": secrets.token_hex(32)}},
+        upsert=True,
+        return_document=True,
+    )
+    if doc is None:  # an upsert always returns the document; this guards the type only
+        raise RuntimeError(f"could not create the {name} secret")
+    return bytes.fromhex(str(doc["value"]))

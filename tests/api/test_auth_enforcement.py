@@ -152,3 +152,52 @@ def test_patient_writer_cannot_file_data_under_another_patient(
     assert httpx.delete(f"{server.fhir}{bob_obs}", headers=alice).status_code == 404
     admin = {"Authorization": world["admin"]}
     assert httpx.get(f"{server.fhir}{bob_obs}", headers=admin).status_code == 200
+
+
+def test_patient_token_searches_only_its_compartment(
+    secured: tuple[RunningServer, Path], world: dict[str, str]
+) -> None:
+    server, data_dir = secured
+    alice = bearer(token(data_dir, "patient/*.rs", patient=world["alice"]))
+    with httpx.Client(base_url=server.fhir, headers=alice, timeout=30) as fhir:
+        found = fhir.get("/Observation", params={"code:text": "heart"}).json()
+        ids = {e["resource"]["id"] for e in found["entry"] if e["search"]["mode"] == "match"}
+        assert ids == {world["alice-obs"]}
+        # Asking for Bob's data by reference finds nothing, rather than an error.
+        bobs = fhir.get("/Observation", params={"subject": f"Patient/{world['bob']}"}).json()
+        assert bobs.get("total", 0) == 0 and not bobs.get("entry")
+        # Reverse includes and _has stay inside the compartment too.
+        patients = fhir.get("/Patient", params={"_revinclude": "Observation:subject"}).json()
+        seen = {e["resource"]["id"] for e in patients["entry"]}
+        assert world["bob"] not in seen and world["bob-obs"] not in seen
+        has = fhir.get("/Patient", params={"_has:Observation:subject:code:text": "heart"}).json()
+        assert {e["resource"]["id"] for e in has.get("entry", [])} == {world["alice"]}
+        compartment = fhir.get(f"/Patient/{world['bob']}/Observation").json()
+        assert not compartment.get("entry")
+
+
+def test_granular_scope_hides_other_categories(
+    secured: tuple[RunningServer, Path], world: dict[str, str]
+) -> None:
+    server, data_dir = secured
+    admin = {**JSON, "Authorization": world["admin"]}
+    category = "http://terminology.hl7.org/CodeSystem/observation-category"
+    ids = {}
+    for code in ("laboratory", "vital-signs"):
+        observation = {
+            "resourceType": "Observation",
+            "status": "final",
+            "category": [{"coding": [{"system": category, "code": code}]}],
+            "code": {"text": f"granular {code}"},
+            "subject": {"reference": f"Patient/{world['alice']}"},
+        }
+        response = httpx.post(f"{server.fhir}/Observation", json=observation, headers=admin)
+        ids[code] = response.json()["id"]
+    labs_only = bearer(
+        token(data_dir, "patient/Observation.rs?category=laboratory", patient=world["alice"])
+    )
+    with httpx.Client(base_url=server.fhir, headers=labs_only, timeout=30) as fhir:
+        found = fhir.get("/Observation", params={"code:text": "granular"}).json()
+        assert {e["resource"]["id"] for e in found["entry"]} == {ids["laboratory"]}
+        assert fhir.get(f"/Observation/{ids['laboratory']}").status_code == 200
+        assert fhir.get(f"/Observation/{ids['vital-signs']}").status_code == 404

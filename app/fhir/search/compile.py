@@ -115,10 +115,12 @@ def _date_condition(code: str, raw: str, now_ms: int) -> JsonDict:
         return {hi: {"$gt": high}}
     if prefix == "lt":
         return {lo: {"$lt": low}}
+    # ge/le also carry a condition both branches imply (every value ends after it starts), so
+    # the executor has one indexable range to drive the query with.
     if prefix == "ge":
-        return {"$or": [{hi: {"$gt": high}}, contained]}
+        return {"$and": [{hi: {"$gte": low}}, {"$or": [{hi: {"$gt": high}}, contained]}]}
     if prefix == "le":
-        return {"$or": [{lo: {"$lt": low}}, contained]}
+        return {"$and": [{lo: {"$lte": high}}, {"$or": [{lo: {"$lt": low}}, contained]}]}
     if prefix == "sa":
         return {lo: {"$gt": high}}
     if prefix == "eb":

@@ -88,7 +88,8 @@ def date_range(value: str) -> tuple[int, int] | None:
             offset_ms = sign * (int(zone[1:3]) * 60 + int(zone[4:6])) * 60_000
         if month_s is None:
             low = calendar.timegm((year, 1, 1, 0, 0, 0)) * 1000
-            high = calendar.timegm((year + 1, 1, 1, 0, 0, 0)) * 1000 - 1
+            # Not "next 1 January minus 1 ms": year 9999 has no next year in a datetime.
+            high = calendar.timegm((year, 12, 31, 23, 59, 59)) * 1000 + 999
             return low, high
         month = int(month_s)
         if not 1 <= month <= 12:

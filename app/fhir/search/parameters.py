@@ -122,6 +122,10 @@ class Registry:
         """Param codes linking `resource_type` to a compartment of `compartment_type`."""
         return list(self._compartments.get(compartment_type, {}).get(resource_type, []))
 
+    def compartment_members(self, compartment_type: str) -> list[str]:
+        """Resource types that can be in a compartment of `compartment_type` ([] if none)."""
+        return sorted(self._compartments.get(compartment_type, {}))
+
     def patient_compartment(self, resource_type: str) -> list[str]:
         return self.compartment("Patient", resource_type)
 

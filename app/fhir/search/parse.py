@@ -30,6 +30,7 @@ RESULT_PARAMETERS = frozenset(
         "_format",
         "_pretty",
         "_type",
+        "_cursor",
     }
 )
 _MODIFIERS: dict[str, frozenset[str]] = {
@@ -221,6 +222,16 @@ def _has_criterion(
     return Criterion(name, ref, None, (), inner, (source_type,), has_type=source_type)
 
 
+def _list_criterion(registry: Registry, resource_type: str, name: str, value: str) -> Criterion:
+    # _list=42 is `_has:List:item:_id=42`: the ids List/42's entries point at.
+    item = registry.get("List", "item")
+    list_id = registry.get("List", "_id")
+    if item is None or list_id is None:
+        raise BadRequest("'_list' is not available", expression=[name], code="not-supported")
+    inner = _criterion(registry, "List", name, ["_id"], value, strict=True)
+    return Criterion(name, item, None, (), inner, ("List",), has_type="List")
+
+
 def parse(
     resource_type: str, items: list[tuple[str, str]], registry: Registry, strict: bool
 ) -> SearchQuery:
@@ -236,7 +247,9 @@ def parse(
             query.warnings.append(f"Parameter '{name[:60]}' has no value and was ignored")
             continue
         try:
-            if base_name == "_has":
+            if name == "_list":
+                query.criteria.append(_list_criterion(registry, resource_type, name, value))
+            elif base_name == "_has":
                 query.criteria.append(_has_criterion(registry, resource_type, name, value, strict))
             else:
                 query.criteria.append(
