@@ -1,0 +1,293 @@
+"""The audit log: an insert-only, hash-chained collection fed by a group-commit writer.
+
+Durability. `await log.append(event)` returns only once the batch holding the event is inserted
+with write concern {w: "majority", j: true}. The writer takes whatever has queued while the
+previous insert was in flight, so under load one insert_many carries many events and an audited
+read costs a fraction of a write. An extra wait (`window` seconds) before each insert is
+possible but measured slower (benchmarks/audit_overhead.py): the in-flight insert is already
+the batching window, so the default is 0.
+
+Ordering across processes. There is one chain, and its order is total: event `seq` is the
+document `_id`, so MongoDB's unique `_id` index is the compare-and-swap. A writer chains its
+batch after the newest event it knows of and inserts it ordered; if another process took that
+`seq` first, the insert stops at the duplicate key with nothing after it stored, and the writer
+re-reads the head and re-chains what is left. No counter document, no transaction, nothing
+MongoDB-specific beyond the `_id` index: it runs the same on SecantusDB and on a replica set.
+(A counter with find_one_and_update would hand out seqs, but a writer dying between reserving
+and inserting would leave a gap that verify must report as tampering. Per-writer chains would
+avoid contention but give no total order and let a whole writer's chain vanish unnoticed.)
+A cached head is trusted for at most `head_ttl` seconds, far below the shortest retention, so a
+writer can never chain onto a purged range.
+
+Insert-only. Nothing here updates or deletes events; only `retention.purge` deletes, whole
+prefixes, behind a checkpoint. In production the app's user needs just `find` and `insert` on
+`<db>_audit` (see `MONGODB_ROLES`); purge runs as an operator with `remove` as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from app.audit.chain import CHECKPOINTS, EVENTS, GENESIS, link
+from app.audit.events import JsonDict
+
+log = logging.getLogger("hestia.audit")
+
+DUPLICATE_KEY = 11000
+MAX_CHAIN_RETRIES = 100
+
+MONGODB_ROLES = """\
+// Run once as an administrator on the audit database (e.g. hestia_audit).
+db.createRole({role: "hestiaAuditWriter",
+  privileges: [{resource: {db: "hestia_audit", collection: "audit_events"},
+                actions: ["find", "insert", "createIndex"]},
+               {resource: {db: "hestia_audit", collection: "audit_checkpoints"},
+                actions: ["find", "createIndex"]}],
+  roles: []});
+db.createRole({role: "hestiaAuditOperator",
+  privileges: [{resource: {db: "hestia_audit", collection: "audit_events"},
+                actions: ["find", "insert", "remove"]},
+               {resource: {db: "hestia_audit", collection: "audit_checkpoints"},
+                actions: ["find", "insert"]}],
+  roles: []});
+"""
+
+
+class AuditUnavailable(Exception):
+    """The audit store could not make an event durable: the access must not be served."""
+
+
+@dataclass
+class _Pending:
+    events: list[JsonDict]
+    done: asyncio.Future[list[int]]
+
+
+@dataclass
+class WriterStats:
+    batches: int = 0
+    events: int = 0
+    conflicts: int = 0
+    largest_batch: int = 0
+
+
+class AuditLog:
+    """The group-commit writer of one process. Build it early, `start` it when the DB is open."""
+
+    def __init__(
+        self,
+        *,
+        window: float = 0.0,
+        max_batch: int = 500,
+        timeout: float = 5.0,
+        head_ttl: float = 1.0,
+        write_concern: WriteConcern | None = None,
+        writer_id: str | None = None,
+        search_indexes: bool = False,
+    ) -> None:
+        self.window = window
+        self.max_batch = max_batch
+        self.timeout = timeout
+        self.head_ttl = head_ttl
+        self.write_concern = write_concern or WriteConcern(w="majority", j=True)
+        self.writer_id = writer_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.search_indexes = search_indexes
+        self.stats = WriterStats()
+        self._events: AsyncCollection[JsonDict] | None = None
+        self._checkpoints: AsyncCollection[JsonDict] | None = None
+        # None is the stop sentinel.
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._head: tuple[int, str] | None = None
+        self._head_at = 0.0
+        self._batch_counter = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self, database: AsyncDatabase[JsonDict]) -> None:
+        """Bind to the audit database (e.g. `client["hestia_audit"]`), index it, start writing.
+
+        Raises AuditUnavailable if the audit store cannot be reached: a server that cannot
+        audit must not start serving.
+        """
+        self._events = database.get_collection(EVENTS, write_concern=self.write_concern)
+        self._checkpoints = database.get_collection(CHECKPOINTS, write_concern=self.write_concern)
+        try:
+            await ensure_indexes(database, search=self.search_indexes)
+        except PyMongoError as exc:
+            raise AuditUnavailable(
+                f"the audit store is unreachable ({type(exc).__name__})"
+            ) from exc
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop the writer."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(task, self.timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_queued(AuditUnavailable("the audit log stopped"))
+
+    async def append(self, event: JsonDict) -> int:
+        """Store one event durably; returns its seq. Raises AuditUnavailable."""
+        return (await self.append_all([event]))[0]
+
+    async def append_all(self, events: list[JsonDict]) -> list[int]:
+        """Store events durably, consecutively in the chain; returns their seqs."""
+        if not events:
+            return []
+        if not self.running:
+            raise AuditUnavailable("the audit log is not running")
+        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(list(events), done))
+        try:
+            # shield: a timed-out caller must not cancel a batch others wait on.
+            return await asyncio.wait_for(asyncio.shield(done), self.timeout)
+        except TimeoutError:
+            raise AuditUnavailable("the audit store did not confirm in time") from None
+
+    # -- the writer --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                return
+            if self.window > 0:
+                await asyncio.sleep(self.window)
+            batch = [first]
+            size = len(first.events)
+            while size < self.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+                size += len(item.events)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        live = [item for item in batch if not item.done.done()]
+        events = [event for item in live for event in item.events]
+        try:
+            seqs = await self._insert_chained(events)
+        except Exception as exc:  # any failure must reach the waiting requests, not kill us
+            log.error("audit store write failed: %s", type(exc).__name__)
+            for item in live:
+                if not item.done.done():
+                    item.done.set_exception(AuditUnavailable("the audit store is unavailable"))
+            return
+        position = 0
+        for item in live:
+            count = len(item.events)
+            if not item.done.done():
+                item.done.set_result(seqs[position : position + count])
+            position += count
+
+    async def _insert_chained(self, events: list[JsonDict]) -> list[int]:
+        assert self._events is not None
+        self._batch_counter += 1
+        batch_id = f"{self.writer_id}:{self._batch_counter}"
+        seqs: list[int] = []
+        remaining = events
+        for _ in range(MAX_CHAIN_RETRIES):
+            head_seq, head_hash = await self._current_head()
+            documents = link(remaining, head_seq, head_hash, batch=batch_id, writer=self.writer_id)
+            try:
+                await self._events.insert_many(documents, ordered=True)
+            except BulkWriteError as exc:
+                inserted = int(exc.details.get("nInserted", 0))
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    self._head = None
+                    raise
+                # Another writer took the next seq: keep what landed, re-chain the rest.
+                self.stats.conflicts += 1
+                seqs.extend(d["_id"] for d in documents[:inserted])
+                remaining = remaining[inserted:]
+                self._head = None
+                continue
+            except PyMongoError:
+                # The batch may or may not have landed: learn the head again next time.
+                self._head = None
+                raise
+            seqs.extend(d["_id"] for d in documents)
+            last = documents[-1]
+            self._head = (last["_id"], last["hash"])
+            self._head_at = time.monotonic()
+            self.stats.batches += 1
+            self.stats.events += len(events)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(events))
+            return seqs
+        raise AuditUnavailable("the audit chain is too contended to append")
+
+    async def _current_head(self) -> tuple[int, str]:
+        if self._head is not None and time.monotonic() - self._head_at < self.head_ttl:
+            return self._head
+        assert self._events is not None and self._checkpoints is not None
+        self._head = await read_head(self._events, self._checkpoints)
+        self._head_at = time.monotonic()
+        return self._head
+
+    def _fail_queued(self, error: Exception) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and not item.done.done():
+                item.done.set_exception(error)
+
+
+async def read_head(
+    events: AsyncCollection[JsonDict], checkpoints: AsyncCollection[JsonDict]
+) -> tuple[int, str]:
+    """(seq, hash) of the newest event; the latest checkpoint, or genesis, if none is left."""
+    newest = await events.find_one({}, {"hash": 1}, sort=[("_id", DESCENDING)])
+    if newest is not None:
+        return int(newest["_id"]), str(newest["hash"])
+    checkpoint = await latest_checkpoint(checkpoints)
+    if checkpoint is not None:
+        return int(checkpoint["through_seq"]), str(checkpoint["anchor"])
+    return 0, GENESIS
+
+
+async def latest_checkpoint(checkpoints: AsyncCollection[JsonDict]) -> JsonDict | None:
+    found: JsonDict | None = await checkpoints.find_one({}, sort=[("through_seq", DESCENDING)])
+    return found
+
+
+async def ensure_indexes(database: AsyncDatabase[Any], *, search: bool = False) -> None:
+    """Indexes for auditors' queries (patient + date, date ranges), only when asked.
+
+    Every secondary index is maintained on the request path of every audited access. On the
+    embedded SecantusDB the two below cost the server about 0.2 ms of CPU per event, as much
+    as the read being audited (measured with benchmarks/audit_overhead.py), so they are off
+    by default there; on MongoDB they cost microseconds and should be on.
+    """
+    await database[CHECKPOINTS].create_index([("through_seq", DESCENDING)], name="through_seq")
+    if not search:
+        return
+    events = database[EVENTS]
+    await events.create_index([("recorded", ASCENDING), ("_id", ASCENDING)], name="recorded")
+    await events.create_index(
+        [("patients", ASCENDING), ("recorded", ASCENDING)], name="patients_recorded"
+    )

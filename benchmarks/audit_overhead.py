@@ -1,0 +1,333 @@
+"""What auditing costs: read-by-id throughput with audit on versus off, in the same run.
+
+    python -m benchmarks.audit_overhead                     # small audited app, + append bench
+    python -m benchmarks.audit_overhead --target hestia     # real `hestia serve`, HESTIA_AUDIT
+    python -m benchmarks.audit_overhead --append-only       # AuditLog throughput/latency only
+
+Both servers run side by side on one on-disk embedded database and are loaded in alternating
+phases (off, on, off, on …) so that machine noise hits both alike. The small target is one
+uvicorn process serving GET /fhir/Patient/{id} from MongoDB, exactly like a read, with the
+AuditMiddleware in front of it or not. Target: audit costs at most 20% of read throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from pymongo import AsyncMongoClient
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.audit import AuditMiddleware
+from app.api.http import FhirResponse
+from app.audit.chain import audit_database_name
+from app.audit.events import AuditFacts, AuditSource, build_events
+from app.audit.log import AuditLog
+from app.store.client import EmbeddedServer, free_port
+from benchmarks.harness import describe, percentile, running_hestia, wait_until_up
+from benchmarks.load_resources import load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the small audited app (run in a child process) --------------------------------------------
+
+
+def build_small_app(mongodb_uri: str, audit: bool) -> FastAPI:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_uri, tz_aware=True, tzinfo=UTC
+    )
+    log = AuditLog()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        if audit:
+            await log.start(client[audit_database_name("bench")])
+        yield
+        await log.stop()
+        await client.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/fhir/metadata")
+    async def metadata() -> Response:
+        return FhirResponse({"resourceType": "CapabilityStatement"})
+
+    @app.get("/fhir/Patient/{resource_id}")
+    async def read(request: Request, resource_id: str) -> Response:
+        facts = AuditFacts("read", resource_type="Patient", resource_id=resource_id)
+        request.state.audit_facts = facts
+        found = await client["bench"]["Patient"].find_one({"_id": resource_id})
+        if found is None:
+            return FhirResponse({"resourceType": "OperationOutcome"}, 404)
+        facts.version_id = str(found["vid"])
+        return FhirResponse(found["resource"])
+
+    if audit:
+        app.add_middleware(AuditMiddleware, log=log, source_name="bench")
+    return app
+
+
+def serve_small(port: int, mongodb_uri: str, audit: bool) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        build_small_app(mongodb_uri, audit),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@contextmanager
+def small_server(mongodb_uri: str, audit: bool) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.audit_overhead",
+            "--serve-port",
+            str(port),
+            "--mongodb-uri",
+            mongodb_uri,
+            "--audit",
+            "on" if audit else "off",
+        ],
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}/fhir"
+    try:
+        wait_until_up(base, process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def seed_patients(mongodb_uri: str, count: int) -> list[str]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+    collection = client["bench"]["Patient"]
+    await collection.drop()
+    docs = [
+        {
+            "_id": f"p{n}",
+            "vid": 1,
+            "resource": {
+                "resourceType": "Patient",
+                "id": f"p{n}",
+                "meta": {"versionId": "1"},
+                "name": [{"family": f"Family{n}", "given": ["Bench"]}],
+            },
+        }
+        for n in range(count)
+    ]
+    await collection.insert_many(docs)
+    await client.close()
+    return [f"Patient/p{n}" for n in range(count)]
+
+
+# -- load generation (processes of threads, as benchmarks.read_latency) --------------------------
+
+
+def _client_thread(base: str, ids: list[str], deadline: float, seed: int, out: list[float]) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        while time.time() < deadline:
+            target = rng.choice(ids)
+            started = time.perf_counter()
+            response = http.get(f"/{target}")
+            out.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise RuntimeError(f"read {target}: {response.status_code}")
+
+
+def _load_process(args: tuple[str, list[str], int, float, float, int]) -> list[float]:
+    base, ids, clients, warm_until, deadline, seed = args
+    for phase_end, keep in ((warm_until, False), (deadline, True)):
+        results: list[list[float]] = [[] for _ in range(clients)]
+        threads = [
+            threading.Thread(
+                target=_client_thread, args=(base, ids, phase_end, seed + n, results[n])
+            )
+            for n in range(clients)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if keep:
+            return [x for r in results for x in r]
+    return []
+
+
+def read_phase(
+    pool: Any, base: str, ids: list[str], clients: int, seconds: float, processes: int
+) -> list[float]:
+    per_process = [
+        clients // processes + (1 if n < clients % processes else 0) for n in range(processes)
+    ]
+    start = time.time() + 0.5
+    warm_until, deadline = start + 0.5, start + 0.5 + seconds
+    parts = pool.map(
+        _load_process,
+        [(base, ids, n, warm_until, deadline, 100 * i) for i, n in enumerate(per_process)],
+    )
+    return [x for part in parts for x in part]
+
+
+def compare(bases: dict[str, str], ids: list[str], args: argparse.Namespace) -> None:
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    processes = max(1, min(args.processes, args.clients))
+    # One pool for all phases: spawning load processes under load would eat into a phase.
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(time.sleep, [0.0] * processes)
+        for _ in range(args.rounds):
+            for mode in ("off", "on"):
+                latencies = read_phase(
+                    pool, bases[mode], ids, args.clients, args.seconds, processes
+                )
+                samples[mode].extend(latencies)
+                rates[mode].append(len(latencies) / args.seconds)
+    for mode in ("off", "on"):
+        total = len(samples[mode])
+        print(
+            describe(
+                f"audit {mode:3} read-by-id ({args.clients} clients)",
+                samples[mode],
+                args.seconds * args.rounds,
+                "reads",
+            )
+            + f"  [per round: {', '.join(f'{r:,.0f}' for r in rates[mode])}]"
+            + ("" if total else " (no samples)")
+        )
+    off, on = statistics.fmean(rates["off"]), statistics.fmean(rates["on"])
+    cost = (1 - on / off) * 100 if off else float("nan")
+    verdict = "OK" if cost <= 20 else "OVER TARGET"
+    print(f"audit cost: {cost:.1f}% of read throughput (target <= 20%): {verdict}")
+
+
+# -- the append benchmark ----------------------------------------------------------------------
+
+
+async def append_bench(mongodb_uri: str, writers: int, seconds: float, window: float) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_uri, tz_aware=True, tzinfo=UTC
+    )
+    database = client[f"append_bench_{writers}_{int(window * 1e6)}"]
+    await database.drop_collection("audit_events")
+    log = AuditLog(window=window)
+    await log.start(database)
+    source = AuditSource("bench")
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def writer(n: int) -> None:
+        while time.perf_counter() < deadline:
+            facts = AuditFacts("read", resource_type="Patient", resource_id=f"p{n}", status=200)
+            [event] = build_events(facts, source)
+            started = time.perf_counter()
+            await log.append(event)
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(writer(n) for n in range(writers)))
+    await log.stop()
+    await client.close()
+    ms = [x * 1000 for x in latencies]
+    batches = max(1, log.stats.batches)
+    print(
+        f"append: {writers:3} writers, window {window * 1000:.1f} ms: "
+        f"{len(ms) / seconds:,.0f} events/s, p50 {percentile(ms, 0.5):.2f} ms, "
+        f"p99 {percentile(ms, 0.99):.2f} ms, {log.stats.events / batches:.1f} events/insert"
+    )
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--target", choices=["small", "hestia"], default="small")
+    parser.add_argument("--append-only", action="store_true")
+    parser.add_argument("--count", type=int, default=1000, help="patients to read from")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating off/on rounds")
+    parser.add_argument("--mongodb-uri", default="", help="default: a fresh embedded database")
+    parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--audit", choices=["on", "off"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve_port:
+        serve_small(args.serve_port, args.mongodb_uri, args.audit == "on")
+        return
+    with TemporaryDirectory(prefix="hestia-audit-bench-") as tmp:
+        embedded = None
+        uri = args.mongodb_uri
+        if not uri:
+            # On disk, not in memory: j:true must cost what it costs in production.
+            embedded = EmbeddedServer.start(str(Path(tmp) / "db"))
+            uri = embedded.uri
+        try:
+            run(args, uri)
+        finally:
+            if embedded is not None:
+                embedded.stop()
+
+
+def run(args: argparse.Namespace, uri: str) -> None:
+    for writers, window in ((1, 0.0), (16, 0.0), (16, 0.001), (64, 0.001), (64, 0.002)):
+        asyncio.run(append_bench(uri, writers, 3.0, window))
+    if args.append_only:
+        return
+    if args.target == "small":
+        ids = asyncio.run(seed_patients(uri, args.count))
+        with small_server(uri, audit=False) as off, small_server(uri, audit=True) as on:
+            compare({"off": off, "on": on}, ids, args)
+        return
+    # The real server: HESTIA_AUDIT must be honoured by app/settings.py once audit is wired.
+    bases: dict[str, str] = {}
+    with _hestia(uri, "off") as off, _hestia(uri, "on") as on:
+        bases = {"off": off, "on": on}
+        ids = asyncio.run(load(off, args.count, 8))
+        compare(bases, ids, args)
+
+
+@contextmanager
+def _hestia(uri: str, audit: str) -> Iterator[str]:
+    previous = os.environ.get("HESTIA_AUDIT")
+    os.environ["HESTIA_AUDIT"] = audit
+    try:
+        with running_hestia(mongodb_uri=uri) as base:
+            yield base
+    finally:
+        if previous is None:
+            os.environ.pop("HESTIA_AUDIT", None)
+        else:
+            os.environ["HESTIA_AUDIT"] = previous
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""The hash-chained log on the real database: group commit, ordering, tamper detection, outage."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from datetime import UTC
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pymongo import AsyncMongoClient
+
+from app.audit.chain import EVENTS, GENESIS
+from app.audit.events import AuditFacts, AuditSource, build_events
+from app.audit.log import AuditLog, AuditUnavailable
+from app.audit.verify import verify_chain
+from app.store.client import EmbeddedServer, free_port
+from tests.audit.app_under_test import build_app
+from tests.audit.conftest import Db, stored
+
+SOURCE = AuditSource("hestia-test")
+
+
+def one_event(n: int) -> dict[str, Any]:
+    [event] = build_events(
+        AuditFacts("read", resource_type="Patient", resource_id=f"p{n}", status=200), SOURCE
+    )
+    return event
+
+
+async def append_many(log: AuditLog, count: int, start: int = 0) -> list[int]:
+    results = await asyncio.gather(*(log.append(one_event(start + n)) for n in range(count)))
+    return list(results)
+
+
+async def test_stored_documents_form_a_sha256_chain_from_genesis(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    for n in range(3):
+        await audit_log.append(one_event(n))
+    docs = await stored(audit_db)
+    assert [d["_id"] for d in docs] == [1, 2, 3]
+    assert docs[0]["prev"] == GENESIS
+    for before, after in itertools.pairwise(docs):
+        assert after["prev"] == before["hash"]
+    for doc in docs:
+        # Independently: SHA-256 of the sorted-key JSON of everything but the hash itself.
+        body = {k: v for k, v in doc.items() if k != "hash"}
+        body["recorded"] = doc["recorded"].strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        body["written"] = doc["written"].strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        expected = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        assert doc["hash"] == expected
+
+
+async def test_concurrent_appends_share_insert_batches(audit_db: Db) -> None:
+    log = AuditLog(window=0.005)
+    await log.start(audit_db)
+    try:
+        seqs = await append_many(log, 60)
+    finally:
+        await log.stop()
+    docs = await stored(audit_db)
+    assert sorted(seqs) == list(range(1, 61))
+    batches = {d["batch"] for d in docs}
+    # 60 events written by far fewer insert_many calls: each batch id is one insert.
+    assert len(batches) <= 10
+    assert (await verify_chain(audit_db)).ok
+
+
+async def test_sequential_appends_each_get_their_own_batch(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    for n in range(4):
+        await audit_log.append(one_event(n))
+    assert len({d["batch"] for d in await stored(audit_db)}) == 4
+
+
+async def test_concurrent_http_requests_are_group_committed(
+    http: httpx.AsyncClient, audit_db: Db
+) -> None:
+    responses = await asyncio.gather(*(http.get(f"/fhir/Patient/p{n}") for n in range(40)))
+    assert all(r.status_code == 200 for r in responses)
+    docs = await stored(audit_db)
+    assert len(docs) == 40
+    assert len({d["batch"] for d in docs}) < 20
+
+
+async def test_two_writers_on_separate_connections_keep_one_total_order(
+    database: EmbeddedServer, audit_db: Db
+) -> None:
+    # Two writers with their own clients stand for two app processes behind a load balancer.
+    clients = [
+        AsyncMongoClient[dict[str, Any]](database.uri, tz_aware=True, tzinfo=UTC) for _ in range(2)
+    ]
+    logs = [AuditLog(window=0.001) for _ in clients]
+    for log, client in zip(logs, clients, strict=True):
+        await log.start(client[audit_db.name])
+    try:
+        for round_ in range(5):
+            await asyncio.gather(
+                append_many(logs[0], 20, 1000 * round_), append_many(logs[1], 20, 500 + round_)
+            )
+    finally:
+        for log in logs:
+            await log.stop()
+        for client in clients:
+            await client.close()
+    docs = await stored(audit_db)
+    assert [d["_id"] for d in docs] == list(range(1, 201))
+    assert {d["writer"] for d in docs} == {logs[0].writer_id, logs[1].writer_id}
+    report = await verify_chain(audit_db)
+    assert report.ok, report.summary()
+    assert report.checked == 200
+
+
+async def test_a_writer_behind_the_head_rechains_after_the_other_writer(
+    database: EmbeddedServer, audit_db: Db
+) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        database.uri, tz_aware=True, tzinfo=UTC
+    )
+    first, second = AuditLog(window=0), AuditLog(window=0)
+    await first.start(audit_db)
+    await second.start(client[audit_db.name])
+    try:
+        assert await first.append(one_event(1)) == 1
+        assert await second.append(one_event(2)) == 2
+        # `first` still believes seq 1 is the head: its insert of seq 2 collides, then re-chains.
+        assert await first.append(one_event(3)) == 3
+    finally:
+        await first.stop()
+        await second.stop()
+        await client.close()
+    assert first.stats.conflicts == 1
+    assert (await verify_chain(audit_db)).ok
+
+
+async def test_verify_reports_ok_with_the_head(audit_log: AuditLog, audit_db: Db) -> None:
+    await append_many(audit_log, 5)
+    report = await verify_chain(audit_db)
+    docs = await stored(audit_db)
+    assert report.ok
+    assert (report.first_seq, report.last_seq, report.checked) == (1, 5, 5)
+    assert report.head_hash == docs[-1]["hash"]
+
+
+async def _chain_of(log: AuditLog, count: int) -> None:
+    for n in range(count):
+        await log.append(one_event(n))
+
+
+async def test_modified_event_is_the_first_broken_link(audit_log: AuditLog, audit_db: Db) -> None:
+    await _chain_of(audit_log, 6)
+    await audit_db[EVENTS].update_one(
+        {"_id": 4}, {"$set": {"event.outcome": "0", "event.action": "U"}}
+    )
+    report = await verify_chain(audit_db)
+    assert not report.ok
+    assert report.broken_seq == 4
+    assert "modified" in (report.reason or "")
+
+
+async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await _chain_of(audit_log, 6)
+    from app.audit.chain import digest
+
+    doc = await audit_db[EVENTS].find_one({"_id": 3})
+    assert doc is not None
+    doc["event"]["agent"][0]["who"] = {"display": "someone else"}
+    doc["hash"] = digest(doc)
+    await audit_db[EVENTS].replace_one({"_id": 3}, doc)
+    report = await verify_chain(audit_db)
+    assert not report.ok
+    assert report.broken_seq == 4
+    assert "prev hash" in (report.reason or "")
+
+
+async def test_deleted_event_is_reported(audit_log: AuditLog, audit_db: Db) -> None:
+    await _chain_of(audit_log, 6)
+    await audit_db[EVENTS].delete_one({"_id": 2})
+    report = await verify_chain(audit_db)
+    assert not report.ok
+    assert report.broken_seq == 2
+    assert "missing" in (report.reason or "")
+
+
+async def test_reordered_events_are_reported(audit_log: AuditLog, audit_db: Db) -> None:
+    await _chain_of(audit_log, 6)
+    events = audit_db[EVENTS]
+    third, fourth = await events.find_one({"_id": 3}), await events.find_one({"_id": 4})
+    assert third is not None and fourth is not None
+    await events.replace_one({"_id": 3}, {k: v for k, v in fourth.items() if k != "_id"})
+    await events.replace_one({"_id": 4}, {k: v for k, v in third.items() if k != "_id"})
+    report = await verify_chain(audit_db)
+    assert not report.ok
+    assert report.broken_seq == 3
+
+
+async def test_appends_continue_the_chain_after_a_restart(audit_db: Db) -> None:
+    for _ in range(2):
+        log = AuditLog(window=0)
+        await log.start(audit_db)
+        await _chain_of(log, 3)
+        await log.stop()
+    report = await verify_chain(audit_db)
+    assert report.ok and report.checked == 6
+
+
+async def test_unreachable_store_refuses_to_start() -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        serverSelectionTimeoutMS=300,
+    )
+    try:
+        with pytest.raises(AuditUnavailable):
+            await AuditLog().start(client["hestia_audit"])
+    finally:
+        await client.close()
+
+
+async def test_store_going_down_fails_requests_closed_with_503() -> None:
+    server = EmbeddedServer.start(":memory:")
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        server.uri, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=500
+    )
+    log = AuditLog(window=0.001, timeout=3)
+    await log.start(client["hestia_audit"])
+    transport = httpx.ASGITransport(app=build_app(log), raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            assert (await http.get("/fhir/Patient/p1")).status_code == 200
+            await asyncio.to_thread(server.stop)
+            response = await http.get("/fhir/Patient/p1")
+            assert response.status_code == 503
+            body = response.json()
+            assert body["resourceType"] == "OperationOutcome"
+            assert body["issue"][0]["code"] == "transient"
+            # The resource the route produced was never sent.
+            assert "Patient" not in response.text.replace("OperationOutcome", "")
+            denied = await http.get("/fhir/Patient/p1", headers={"x-deny": "1"})
+            assert denied.status_code == 503
+    finally:
+        await log.stop()
+        await client.close()
+        server.stop()
+
+
+async def test_stopped_log_fails_closed(audit_db: Db) -> None:
+    log = AuditLog()
+    await log.start(audit_db)
+    await log.stop()
+    with pytest.raises(AuditUnavailable):
+        await log.append(one_event(0))
+    transport = httpx.ASGITransport(app=build_app(log), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        assert (await http.get("/fhir/metadata")).status_code == 503
