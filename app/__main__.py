@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.security.cli import add_security_commands
 
     add_security_commands(commands, _common)
+    from app.audit.cli import add_audit_commands
+
+    add_audit_commands(commands, common=_common)
     return parser
 
 
@@ -145,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command in SECURITY_COMMANDS:
         return run_security_command(args, settings)
+    if args.command == "audit":
+        from app.audit.cli import audit_main
+
+        return asyncio.run(audit_main(args, settings))
     return 2
 
 

@@ -15,7 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api import fhir, smart
+from app.api.audit import AuditMiddleware
 from app.api.http import error_response
+from app.audit.chain import audit_database_name
+from app.audit.log import AuditLog
 from app.context import Services
 from app.fhir import model
 from app.fhir.interactions import Interactions
@@ -42,6 +45,16 @@ log = logging.getLogger("hestia")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
 
+    audit_log = (
+        AuditLog(
+            window=settings.audit_window_ms / 1000,
+            timeout=settings.audit_timeout_s,
+            search_indexes=settings.audit_search_indexes,
+        )
+        if settings.audit
+        else None
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database.open(
@@ -53,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         feed = ChangeFeed(database.db)
         try:
             await database.ping()
+            if audit_log is not None:
+                # Fails start-up when the audit store is unreachable: no access unaudited.
+                await audit_log.start(database.client[audit_database_name(settings.database)])
             store = Store(database.db)
             await store.ensure_indexes(sorted(model.STORABLE_TYPES))
             await ensure_search_indexes(store, sorted(model.STORABLE_TYPES))
@@ -78,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await feed.stop()
+            if audit_log is not None:
+                await audit_log.stop()
             await database.close()
 
     app = FastAPI(
@@ -92,6 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(smart.router)
     app.include_router(fhir.router)
     install_error_handlers(app)
+    if audit_log is not None:
+        # Outermost, so that 401s and errors from everything inside are audited too.
+        app.add_middleware(
+            AuditMiddleware,
+            log=audit_log,
+            source_name=settings.audit_source or settings.fhir_base,
+        )
+    else:
+        log.warning("AUDIT IS OFF (HESTIA_AUDIT=off): accesses are not recorded")
     return app
 
 

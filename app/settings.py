@@ -42,6 +42,14 @@ class Settings:
     max_bundle_entries: int = 10_000
     # Current versions kept in memory for reads by id; 0 turns the cache off.
     read_cache_entries: int = 50_000
+    # AuditEvent for every access (HESTIA_AUDIT=off only for benchmarks and development).
+    audit: bool = True
+    audit_retention_days: int = 2190
+    audit_window_ms: int = 0
+    audit_timeout_s: float = 5.0
+    # The patient/date indexes of the audit log; on for MongoDB, where they are cheap.
+    audit_search_indexes: bool = False
+    audit_source: str = ""
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +69,12 @@ class Settings:
             max_page_size=_env_int("MAX_PAGE_SIZE", cls.max_page_size),
             max_bundle_entries=_env_int("MAX_BUNDLE_ENTRIES", cls.max_bundle_entries),
             read_cache_entries=_env_int("READ_CACHE_ENTRIES", cls.read_cache_entries),
+            audit=_env_bool("AUDIT", True),
+            audit_retention_days=_env_int("AUDIT_RETENTION_DAYS", cls.audit_retention_days),
+            audit_window_ms=_env_int("AUDIT_WINDOW_MS", cls.audit_window_ms),
+            audit_timeout_s=float(_env("AUDIT_TIMEOUT_S", str(cls.audit_timeout_s))),
+            audit_search_indexes=_env_bool("AUDIT_SEARCH_INDEXES", cls.audit_search_indexes),
+            audit_source=_env("AUDIT_SOURCE", ""),
             log_level=_env("LOG_LEVEL", cls.log_level),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

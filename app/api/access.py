@@ -6,8 +6,11 @@ the compartment limits they produce travel with the call into the search and rea
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 
+from app.audit.events import AuditFacts
 from app.context import Services
 from app.fhir.outcome import NotFound
 from app.fhir.search.extract import patient_compartments
@@ -31,9 +34,40 @@ async def caller(request: Request) -> AccessContext:
     return context
 
 
-async def authorize(request: Request, interaction: PolicyInteraction, resource_type: str) -> Access:
-    """The reach of this request's interaction on `resource_type`; 401 or 403 otherwise."""
-    return (await caller(request)).authorize(interaction, resource_type)
+# Policy interaction names → FHIR restful-interaction codes, as AuditEvent.subtype uses them.
+AUDIT_INTERACTION = {"search": "search-type"}
+
+
+async def authorize(
+    request: Request,
+    interaction: PolicyInteraction,
+    resource_type: str,
+    resource_id: str | None = None,
+) -> Access:
+    """The reach of this request's interaction on `resource_type`; 401 or 403 otherwise.
+
+    It also starts the request's audit record, so that a refused request is described too.
+    """
+    facts = AuditFacts(
+        AUDIT_INTERACTION.get(interaction, interaction),
+        resource_type=None if resource_type == "*" else resource_type,
+        resource_id=resource_id,
+        query=request.url.query or None,
+    )
+    request.state.audit_facts = facts
+    context = await caller(request)
+    facts.with_agent(context)
+    request.state.access = context
+    return context.authorize(interaction, resource_type)
+
+
+def audit_note(request: Request, **fields: Any) -> None:
+    """Add what became known while serving (version, patients touched) to the audit record."""
+    facts = getattr(request.state, "audit_facts", None)
+    if facts is None:
+        return
+    for name, value in fields.items():
+        setattr(facts, name, value)
 
 
 def ensure_visible(access: Access, resource: dict[str, object] | None, reference: str) -> None:

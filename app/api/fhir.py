@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.access import (
+    audit_note,
     authorize,
     caller,
     ensure_visible,
@@ -33,6 +34,7 @@ from app.context import Services
 from app.fhir import capability, history, model
 from app.fhir.interactions import parse_etag
 from app.fhir.outcome import BadRequest, Forbidden
+from app.fhir.search.extract import patient_compartments
 from app.security.discovery import capability_security
 from app.security.policy import Access
 from app.store.versions import Version, instant
@@ -82,7 +84,26 @@ async def resource_body(request: Request) -> JsonDict:
     return model.parse_resource(body, max_depth=settings.max_json_depth)
 
 
+def note_version(request: Request, version: Version | None) -> None:
+    """Name the version served or written, and its patients, in the audit record."""
+    if version is None:
+        return
+    patients = patient_compartments(version.resource) if version.resource else []
+    audit_note(request, resource_id=version.id, version_id=str(version.vid), patients=patients)
+
+
+def note_bundle(request: Request, bundle: JsonDict) -> None:
+    """The patients whose data a search or history bundle carries, for the audit record."""
+    found: dict[str, None] = {}
+    for entry in bundle.get("entry") or ():
+        resource = entry.get("resource")
+        if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
+            found.update(dict.fromkeys(patient_compartments(resource)))
+    audit_note(request, patients=list(found))
+
+
 def read_response(request: Request, version: Version) -> Response:
+    note_version(request, version)
     headers = version_headers(version, base_url(request))
     none_match = request.headers.get("if-none-match")
     if none_match and none_match.strip() in (f'W/"{version.vid}"', f'"{version.vid}"', "*"):
@@ -131,6 +152,7 @@ async def search_system(request: Request) -> Response:
         await authorize(request, "search-system", "*")
     ]
     access = accesses[0]
+    audit_note(request, interaction="search-system", resource_type=None)
     if len(accesses) > 1 and not all(a.unrestricted for a in accesses):
         raise Forbidden(
             "This token's access is limited per type (patient compartment or granular "
@@ -191,6 +213,7 @@ async def create(request: Request, resource_type: str) -> Response:
         resource_type, resource, if_none_exist=conditions
     )
     message = "Created" if result.status == 201 else "Matched an existing resource; not created"
+    note_version(request, result.version)
     return write_response(request, result.status, result.version, base_url(request), message)
 
 
@@ -208,6 +231,7 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
     result = await services(request).interactions.conditional_update(
         resource_type, conditions, resource, if_match=if_match
     )
+    note_version(request, result.version)
     return write_response(request, result.status, result.version, base_url(request), "Updated")
 
 
@@ -221,7 +245,7 @@ async def conditional_delete(request: Request, resource_type: str) -> Response:
     if not conditions:
         raise BadRequest("A conditional delete needs search criteria in the URL")
     result = await services(request).interactions.conditional_delete(resource_type, conditions)
-    return _delete_response(result.version)
+    return _delete_response(request, result.version)
 
 
 @router.get("/{resource_type}/_history")
@@ -264,6 +288,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
         resource_type, resource_id, resource, if_match=_if_match(request)
     )
     message = "Created" if result.status == 201 else "Updated"
+    note_version(request, result.version)
     return write_response(request, result.status, result.version, base_url(request), message)
 
 
@@ -275,7 +300,7 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
     if not access.unrestricted:
         await _ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.delete(resource_type, resource_id)
-    return _delete_response(result.version)
+    return _delete_response(request, result.version)
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
@@ -346,7 +371,8 @@ def _if_match(request: Request) -> int | None:
     return parse_etag(value) if value else None
 
 
-def _delete_response(version: Version | None) -> Response:
+def _delete_response(request: Request, version: Version | None) -> Response:
+    note_version(request, version)
     headers = {"ETag": f'W/"{version.vid}"'} if version else {}
     return Response(status_code=204, headers=headers)
 
@@ -381,6 +407,7 @@ async def _history(
         path + "?" + urlencode([*kept, ("_cursor", page.next_cursor)]) if page.next_cursor else None
     )
     bundle = history.history_bundle(page, base, self_url, next_url)
+    note_bundle(request, bundle)
     return FhirResponse(bundle, pretty=is_pretty(request))
 
 
@@ -414,6 +441,7 @@ async def _search(
             if e.get("search", {}).get("mode") != "include"
             or context.permits("search", str(e.get("resource", {}).get("resourceType")))
         ]
+    note_bundle(request, bundle)
     return FhirResponse(bundle, pretty=is_pretty(request))
 
 
