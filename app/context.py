@@ -24,4 +24,7 @@ class Services:
     started: str
     feed: ChangeFeed
     cache: CurrentCache
+    # The audit log's database, read as a FHIR store by auditors' AuditEvent searches.
+    audit_store: Store
+    audit_search: SearchEngine
     security: Security | None = None

@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store = Store(database.db)
             await store.ensure_indexes(sorted(model.STORABLE_TYPES))
             await ensure_search_indexes(store, sorted(model.STORABLE_TYPES))
-            engine = SearchEngine(store, cursor_secret=await shared_secret(database, "cursor"))
+            cursor_secret = await shared_secret(database, "cursor")
+            engine = SearchEngine(store, cursor_secret=cursor_secret)
+            audit_store = Store(database.client[audit_database_name(settings.database)])
             cache = CurrentCache(settings.read_cache_entries)
             feed.subscribe(cache)
             security = await open_security(settings, database)
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 feed=feed,
                 cache=cache,
                 security=security,
+                audit_store=audit_store,
+                audit_search=SearchEngine(audit_store, cursor_secret=cursor_secret),
             )
             yield
         finally:

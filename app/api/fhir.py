@@ -18,6 +18,15 @@ from app.api.access import (
     ensure_within_filters,
     ensure_writable,
 )
+from app.api.audit_events import (
+    AUDIT_EVENT,
+    authorize_auditor,
+    capability_entry,
+    check_parameters,
+    read_event,
+    refuse_in_general_search,
+    refuse_write,
+)
 from app.api.http import (
     FhirResponse,
     check_content_type,
@@ -132,6 +141,9 @@ async def metadata(request: Request) -> Response:
             published=svc.started,
             search_params={t: svc.search.search_parameters(t) for t in model.STORABLE_TYPES},
             security=security,
+            overrides={
+                AUDIT_EVENT: capability_entry(svc.audit_search.search_parameters(AUDIT_EVENT))
+            },
         )
         _capabilities[base] = statement
     return FhirResponse(statement, pretty=is_pretty(request))
@@ -148,6 +160,7 @@ async def search_system(request: Request) -> Response:
     types = [t for k, v in items if k == "_type" for t in v.split(",") if t]
     for resource_type in types:
         model.check_type(resource_type)
+    refuse_in_general_search(types)
     accesses = [await authorize(request, "search", t) for t in types] or [
         await authorize(request, "search-system", "*")
     ]
@@ -179,6 +192,8 @@ async def history_system(request: Request) -> Response:
 async def search_type(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        return await _search_audit(request, query_items(request))
     access = await authorize(request, "search", resource_type)
     return await _search(request, resource_type, query_items(request), access)
 
@@ -187,16 +202,20 @@ async def search_type(request: Request, resource_type: str) -> Response:
 async def search_post(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
-    access = await authorize(request, "search", resource_type)
     form = await request.form()
-    items = [(k, str(v)) for k, v in form.multi_items()]
-    return await _search(request, resource_type, query_items(request) + items, access)
+    items = query_items(request) + [(k, str(v)) for k, v in form.multi_items()]
+    if resource_type == AUDIT_EVENT:
+        return await _search_audit(request, items)
+    access = await authorize(request, "search", resource_type)
+    return await _search(request, resource_type, items, access)
 
 
 @router.post("/{resource_type}")
 async def create(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("POST")
     access = await authorize(request, "create", resource_type)
     resource = await resource_body(request)
     ensure_writable(access, resource)
@@ -221,7 +240,9 @@ async def create(request: Request, resource_type: str) -> Response:
 async def conditional_update(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
-    access = await authorize(request, "update", resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("PUT")
+    access = await authorize(request, "update", resource_type, resource_id)
     _no_conditional_for_patient_scope(access)
     conditions = criteria(request)
     if not conditions:
@@ -239,7 +260,9 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
 async def conditional_delete(request: Request, resource_type: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
-    access = await authorize(request, "delete", resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("DELETE")
+    access = await authorize(request, "delete", resource_type, resource_id)
     _no_conditional_for_patient_scope(access)
     conditions = criteria(request)
     if not conditions:
@@ -251,6 +274,8 @@ async def conditional_delete(request: Request, resource_type: str) -> Response:
 @router.get("/{resource_type}/_history")
 async def history_type(request: Request, resource_type: str) -> Response:
     model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("GET _history")
     access = await authorize(request, "history-type", resource_type)
     if access.patient_scope is not None:
         raise Forbidden(
@@ -267,7 +292,10 @@ async def history_type(request: Request, resource_type: str) -> Response:
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
-    access = await authorize(request, "read", resource_type)
+    if resource_type == AUDIT_EVENT:
+        await authorize_auditor(request, "read")
+        return read_response(request, await read_event(request, resource_id))
+    access = await authorize(request, "read", resource_type, resource_id)
     version = await services(request).interactions.read(resource_type, resource_id)
     ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
     await ensure_within_filters(request, access, resource_type, resource_id)
@@ -278,8 +306,10 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
 async def update(request: Request, resource_type: str, resource_id: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("PUT")
     model.check_id(resource_id)
-    access = await authorize(request, "update", resource_type)
+    access = await authorize(request, "update", resource_type, resource_id)
     resource = await resource_body(request)
     ensure_writable(access, resource)
     if not access.unrestricted:
@@ -296,7 +326,9 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
 async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
-    access = await authorize(request, "delete", resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("DELETE")
+    access = await authorize(request, "delete", resource_type, resource_id)
     if not access.unrestricted:
         await _ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.delete(resource_type, resource_id)
@@ -306,8 +338,10 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
 @router.get("/{resource_type}/{resource_id}/_history")
 async def history_instance(request: Request, resource_type: str, resource_id: str) -> Response:
     model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("GET _history")
     model.check_id(resource_id)
-    access = await authorize(request, "history-instance", resource_type)
+    access = await authorize(request, "history-instance", resource_type, resource_id)
     await ensure_within_filters(request, access, resource_type, resource_id)
     return await _history(request, resource_type, resource_id, access)
 
@@ -316,7 +350,10 @@ async def history_instance(request: Request, resource_type: str, resource_id: st
 async def vread(request: Request, resource_type: str, resource_id: str, vid: str) -> Response:
     negotiate(request)
     model.check_type(resource_type)
-    access = await authorize(request, "vread", resource_type)
+    if resource_type == AUDIT_EVENT:
+        await authorize_auditor(request, "vread")
+        return read_response(request, await read_event(request, resource_id, vid))
+    access = await authorize(request, "vread", resource_type, resource_id)
     version = await services(request).interactions.vread(resource_type, resource_id, vid)
     ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
     await ensure_within_filters(request, access, resource_type, resource_id)
@@ -333,6 +370,7 @@ async def search_compartment(
     target = None if resource_type == "*" else resource_type
     if target is not None:
         model.check_type(target)
+        refuse_in_general_search([target])
     access = await authorize(request, "search", target or "*")
     return await _search(
         request,
@@ -407,6 +445,22 @@ async def _history(
         path + "?" + urlencode([*kept, ("_cursor", page.next_cursor)]) if page.next_cursor else None
     )
     bundle = history.history_bundle(page, base, self_url, next_url)
+    note_bundle(request, bundle)
+    return FhirResponse(bundle, pretty=is_pretty(request))
+
+
+async def _search_audit(request: Request, items: list[tuple[str, str]]) -> Response:
+    await authorize_auditor(request, "search")
+    check_parameters(items)
+    svc = services(request)
+    bundle = await svc.audit_search.search(
+        AUDIT_EVENT,
+        items,
+        base_url=base_url(request),
+        page_size=svc.settings.default_page_size,
+        max_page_size=svc.settings.max_page_size,
+        strict=True,
+    )
     note_bundle(request, bundle)
     return FhirResponse(bundle, pretty=is_pretty(request))
 

@@ -1,8 +1,12 @@
 """The hash chain: how a stored audit document is laid out, serialised and hashed.
 
 A stored document is
-    {_id: seq, prev, hash, event, recorded, patients, batch, writer, written}
-where `seq` numbers events 1, 2, 3 … with no gaps, `prev` is the `hash` of event seq-1 (or of
+    {_id: seq, prev, hash, resource, recorded, compartments, s, deleted, batch, writer, written}
+where `resource` is the AuditEvent (its id is the seq), `compartments` the patients it concerns
+and `s` its search keys, the same shape as the FHIR store's current versions so that the
+ordinary search engine answers auditors' AuditEvent searches.
+
+`seq` numbers events 1, 2, 3 … with no gaps, `prev` is the `hash` of event seq-1 (or of
 the retention checkpoint it follows), and `hash` is SHA-256 over the canonical serialisation of
 every other field, `_id` included. So changing, deleting, inserting or swapping events breaks
 the chain at the first place it was touched.
@@ -17,11 +21,36 @@ from typing import Any
 import orjson
 
 from app.audit.events import JsonDict, event_patients, instant
+from app.fhir.search.extract import build_index
 
 AUDIT_DATABASE_SUFFIX = "_audit"
-EVENTS = "audit_events"
+# Named like a FHIR store's current collection: the search engine reads it as one.
+EVENTS = "AuditEvent"
+# The AuditEvent search parameters auditors get (issue: date, patient, agent, entity, type,
+# subtype, action, outcome, address, source); only their keys are extracted, to keep the cost
+# of auditing every request low.
+SEARCH_PARAMETERS = frozenset(
+    {
+        "date",
+        "patient",
+        "agent",
+        "entity",
+        "type",
+        "subtype",
+        "action",
+        "outcome",
+        "address",
+        "source",
+    }
+)
 CHECKPOINTS = "audit_checkpoints"
 GENESIS = "0" * 64
+
+
+def seq_key(seq: int) -> str:
+    """The `_id` of event `seq`: zero-padded text, so that string order is sequence order and
+    the documents have the string ids the search engine pages by, as a FHIR store's do."""
+    return f"{seq:020d}"
 
 
 def audit_database_name(main_database: str) -> str:
@@ -75,12 +104,16 @@ def link(
     documents = []
     prev = head_hash
     for offset, event in enumerate(events, start=1):
+        seq = head_seq + offset
+        resource = {**event, "id": str(seq)}
         document: JsonDict = {
-            "_id": head_seq + offset,
+            "_id": seq_key(seq),
             "prev": prev,
-            "event": event,
+            "resource": resource,
             "recorded": recorded_of(event),
-            "patients": event_patients(event),
+            "compartments": event_patients(event),
+            "s": build_index(resource, text_search=False, only=SEARCH_PARAMETERS),
+            "deleted": False,
             "batch": batch,
             "writer": writer,
             "written": written,

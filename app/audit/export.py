@@ -36,13 +36,13 @@ async def export(
     async for document in cursor:
         if with_chain:
             line: Any = {
-                "seq": document["_id"],
+                "seq": int(document["_id"]),
                 "prev": document["prev"],
                 "hash": document["hash"],
-                "event": document["event"],
+                "event": document["resource"],
             }
         else:
-            line = document["event"]
+            line = document["resource"]
         out.write(orjson.dumps(line) + b"\n")
         count += 1
     return count

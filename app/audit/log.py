@@ -224,7 +224,7 @@ class AuditLog:
                     raise
                 # Another writer took the next seq: keep what landed, re-chain the rest.
                 self.stats.conflicts += 1
-                seqs.extend(d["_id"] for d in documents[:inserted])
+                seqs.extend(int(d["_id"]) for d in documents[:inserted])
                 remaining = remaining[inserted:]
                 self._head = None
                 continue
@@ -232,9 +232,9 @@ class AuditLog:
                 # The batch may or may not have landed: learn the head again next time.
                 self._head = None
                 raise
-            seqs.extend(d["_id"] for d in documents)
+            seqs.extend(int(d["_id"]) for d in documents)
             last = documents[-1]
-            self._head = (last["_id"], last["hash"])
+            self._head = (int(last["_id"]), last["hash"])
             self._head_at = time.monotonic()
             self.stats.batches += 1
             self.stats.events += len(events)
@@ -289,5 +289,5 @@ async def ensure_indexes(database: AsyncDatabase[Any], *, search: bool = False) 
     events = database[EVENTS]
     await events.create_index([("recorded", ASCENDING), ("_id", ASCENDING)], name="recorded")
     await events.create_index(
-        [("patients", ASCENDING), ("recorded", ASCENDING)], name="patients_recorded"
+        [("compartments", ASCENDING), ("recorded", ASCENDING)], name="patients_recorded"
     )

@@ -20,7 +20,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, EVENTS, millis
+from app.audit.chain import CHECKPOINTS, EVENTS, millis, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.log import AuditLog, latest_checkpoint
 from app.audit.verify import ANCHOR_HASH, THROUGH_SEQ, verify_chain
@@ -68,9 +68,9 @@ async def purge(
     events = database.get_collection(EVENTS, write_concern=log.write_concern)
     if through is None or through <= floor:
         # A run that stopped after its checkpoint left events behind it: finish that deletion.
-        leftover = await events.delete_many({"_id": {"$lte": floor}}) if floor else None
+        leftover = await events.delete_many({"_id": {"$lte": seq_key(floor)}}) if floor else None
         return PurgeReport(None, leftover.deleted_count if leftover else 0, None)
-    anchor_doc = await database[EVENTS].find_one({"_id": through}, {"hash": 1})
+    anchor_doc = await database[EVENTS].find_one({"_id": seq_key(through)}, {"hash": 1})
     if anchor_doc is None:
         raise PurgeRefused(f"event {through} vanished during the purge")
     anchor = str(anchor_doc["hash"])
@@ -97,7 +97,7 @@ async def purge(
             "at": millis(datetime.now(UTC)),
         }
     )
-    deleted = await events.delete_many({"_id": {"$lte": through}})
+    deleted = await events.delete_many({"_id": {"$lte": seq_key(through)}})
     return PurgeReport(through, deleted.deleted_count, event_seq)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, EVENTS, GENESIS, digest
+from app.audit.chain import CHECKPOINTS, EVENTS, GENESIS, digest, seq_key
 from app.audit.events import JsonDict
 from app.audit.log import latest_checkpoint
 
@@ -71,19 +71,19 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
     expected = start_after + 1
     cursor = (
         database[EVENTS]
-        .find({"_id": {"$gt": start_after}})
+        .find({"_id": {"$gt": seq_key(start_after)}})
         .sort("_id", ASCENDING)
         .batch_size(batch_size)
     )
     async for document in cursor:
-        seq = document["_id"]
+        seq = int(document["_id"])
         failure = _broken_link(document, expected, prev)
         if failure is not None:
             report.ok = False
             report.broken_seq = expected if seq != expected else seq
             report.reason = failure
             return report
-        if not vouched and purge_marker(document.get("event", {})) == marker:
+        if not vouched and purge_marker(document.get("resource", {})) == marker:
             vouched = True
         if report.first_seq is None:
             report.first_seq = seq
@@ -103,7 +103,7 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
 
 
 def _broken_link(document: JsonDict, expected: int, prev: str) -> str | None:
-    seq = document["_id"]
+    seq = int(document["_id"])
     if seq != expected:
         return f"event {expected} is missing (the next stored event is {seq})"
     if document.get("prev") != prev:

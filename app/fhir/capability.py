@@ -33,6 +33,7 @@ def capability_statement(
     extra_type_interactions: Iterable[str] = (),
     system_interactions: Iterable[str] = (),
     security: JsonDict | None = None,
+    overrides: dict[str, JsonDict] | None = None,
 ) -> JsonDict:
     """`search_params[type]` lists {name, type, definition, documentation} per parameter."""
     interactions = [*TYPE_INTERACTIONS, *extra_type_interactions]
@@ -57,6 +58,8 @@ def capability_statement(
                 "Stored with a structural check only: this type has no R4B model to "
                 "validate against."
             )
+        if overrides and resource_type in overrides:
+            entry.update(overrides[resource_type])
         resources.append(entry)
     rest: JsonDict = {
         "mode": "server",

@@ -12,7 +12,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import EVENTS
+from app.audit.chain import EVENTS, seq_key
 from app.audit.log import AuditLog
 from app.store.client import EmbeddedServer
 from tests.audit.app_under_test import build_app
@@ -53,7 +53,7 @@ async def http(audit_log: AuditLog) -> AsyncIterator[httpx.AsyncClient]:
 
 async def stored(db: Db, after: int = 0) -> list[dict[str, Any]]:
     """Stored audit documents with seq > after, in chain order."""
-    cursor = db[EVENTS].find({"_id": {"$gt": after}}).sort("_id", 1)
+    cursor = db[EVENTS].find({"_id": {"$gt": seq_key(after)}}).sort("_id", 1)
     return [doc async for doc in cursor]
 
 

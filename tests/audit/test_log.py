@@ -13,7 +13,7 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
-from app.audit.chain import EVENTS, GENESIS
+from app.audit.chain import EVENTS, GENESIS, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.log import AuditLog, AuditUnavailable
 from app.audit.verify import verify_chain
@@ -42,7 +42,7 @@ async def test_stored_documents_form_a_sha256_chain_from_genesis(
     for n in range(3):
         await audit_log.append(one_event(n))
     docs = await stored(audit_db)
-    assert [d["_id"] for d in docs] == [1, 2, 3]
+    assert [int(d["_id"]) for d in docs] == [1, 2, 3]
     assert docs[0]["prev"] == GENESIS
     for before, after in itertools.pairwise(docs):
         assert after["prev"] == before["hash"]
@@ -109,7 +109,7 @@ async def test_two_writers_on_separate_connections_keep_one_total_order(
         for client in clients:
             await client.close()
     docs = await stored(audit_db)
-    assert [d["_id"] for d in docs] == list(range(1, 201))
+    assert [int(d["_id"]) for d in docs] == list(range(1, 201))
     assert {d["writer"] for d in docs} == {logs[0].writer_id, logs[1].writer_id}
     report = await verify_chain(audit_db)
     assert report.ok, report.summary()
@@ -155,7 +155,7 @@ async def _chain_of(log: AuditLog, count: int) -> None:
 async def test_modified_event_is_the_first_broken_link(audit_log: AuditLog, audit_db: Db) -> None:
     await _chain_of(audit_log, 6)
     await audit_db[EVENTS].update_one(
-        {"_id": 4}, {"$set": {"event.outcome": "0", "event.action": "U"}}
+        {"_id": seq_key(4)}, {"$set": {"resource.outcome": "0", "resource.action": "U"}}
     )
     report = await verify_chain(audit_db)
     assert not report.ok
@@ -169,11 +169,11 @@ async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
     await _chain_of(audit_log, 6)
     from app.audit.chain import digest
 
-    doc = await audit_db[EVENTS].find_one({"_id": 3})
+    doc = await audit_db[EVENTS].find_one({"_id": seq_key(3)})
     assert doc is not None
-    doc["event"]["agent"][0]["who"] = {"display": "someone else"}
+    doc["resource"]["agent"][0]["who"] = {"display": "someone else"}
     doc["hash"] = digest(doc)
-    await audit_db[EVENTS].replace_one({"_id": 3}, doc)
+    await audit_db[EVENTS].replace_one({"_id": seq_key(3)}, doc)
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 4
@@ -182,7 +182,7 @@ async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
 
 async def test_deleted_event_is_reported(audit_log: AuditLog, audit_db: Db) -> None:
     await _chain_of(audit_log, 6)
-    await audit_db[EVENTS].delete_one({"_id": 2})
+    await audit_db[EVENTS].delete_one({"_id": seq_key(2)})
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 2
@@ -192,10 +192,13 @@ async def test_deleted_event_is_reported(audit_log: AuditLog, audit_db: Db) -> N
 async def test_reordered_events_are_reported(audit_log: AuditLog, audit_db: Db) -> None:
     await _chain_of(audit_log, 6)
     events = audit_db[EVENTS]
-    third, fourth = await events.find_one({"_id": 3}), await events.find_one({"_id": 4})
+    third, fourth = (
+        await events.find_one({"_id": seq_key(3)}),
+        await events.find_one({"_id": seq_key(4)}),
+    )
     assert third is not None and fourth is not None
-    await events.replace_one({"_id": 3}, {k: v for k, v in fourth.items() if k != "_id"})
-    await events.replace_one({"_id": 4}, {k: v for k, v in third.items() if k != "_id"})
+    await events.replace_one({"_id": seq_key(3)}, {k: v for k, v in fourth.items() if k != "_id"})
+    await events.replace_one({"_id": seq_key(4)}, {k: v for k, v in third.items() if k != "_id"})
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 3

@@ -299,7 +299,7 @@ async def test_each_interaction_leaves_exactly_the_expected_events(
     before = await head_seq(audit_db)
     response = await http.request(method, path, **kwargs)
     assert response.status_code == status
-    events = [doc["event"] for doc in await stored(audit_db, before)]
+    events = [doc["resource"] for doc in await stored(audit_db, before)]
     assert [summary(e) for e in events] == expected
 
 
@@ -311,7 +311,7 @@ async def test_agents_name_client_user_token_and_address(
     )
     assert response.status_code == 200
     [doc] = await stored(audit_db)
-    agents = doc["event"]["agent"]
+    agents = doc["resource"]["agent"]
     client = next(a for a in agents if a["type"]["coding"][0]["code"] == "110153")
     user = next(a for a in agents if a["type"]["coding"][0]["code"] == "humanuser")
     server = next(a for a in agents if a["type"]["coding"][0]["code"] == "110152")
@@ -322,7 +322,7 @@ async def test_agents_name_client_user_token_and_address(
     assert user["requestor"] is True
     assert user["policy"] == ["jti-abc"]
     assert server["who"]["display"] == SOURCE
-    assert doc["event"]["source"]["observer"]["display"] == SOURCE
+    assert doc["resource"]["source"]["observer"]["display"] == SOURCE
 
 
 async def test_unauthenticated_client_is_the_requestor(
@@ -330,7 +330,7 @@ async def test_unauthenticated_client_is_the_requestor(
 ) -> None:
     await http.get("/fhir/metadata")
     [doc] = await stored(audit_db)
-    [client] = [a for a in doc["event"]["agent"] if a["requestor"]]
+    [client] = [a for a in doc["resource"]["agent"] if a["requestor"]]
     assert client["who"] == {"display": "unauthenticated client"}
     assert "policy" not in client
 

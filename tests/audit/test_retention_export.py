@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.audit.chain import CHECKPOINTS, EVENTS
+from app.audit.chain import CHECKPOINTS, EVENTS, seq_key
 from app.audit.cli import add_audit_commands, run_audit_command
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.export import export
@@ -30,7 +30,13 @@ async def append_at(log: AuditLog, when: datetime, patient: str) -> str:
     )
     [event] = build_events(facts, SOURCE)
     await log.append(event)
-    return str(event["id"])
+    return f"Patient/{patient}"
+
+
+def read_target(event: dict[str, Any]) -> str:
+    """The resource a read event names (version suffix dropped)."""
+    reference = str(event["entity"][0]["what"]["reference"])
+    return "/".join(reference.split("/")[:2])
 
 
 async def test_export_writes_the_events_in_the_window_as_ndjson(
@@ -43,10 +49,10 @@ async def test_export_writes_the_events_in_the_window_as_ndjson(
     assert count == 1 and len(lines) == 1
     event = orjson.loads(lines[0])
     assert event["resourceType"] == "AuditEvent"
-    assert event["id"] == ids[1]
+    assert read_target(event) == ids[1]
     everything = io.BytesIO()
     assert await export(audit_db, None, None, everything) == 3
-    assert [orjson.loads(x)["id"] for x in everything.getvalue().splitlines()] == ids
+    assert [read_target(orjson.loads(x)) for x in everything.getvalue().splitlines()] == ids
 
 
 async def test_export_with_chain_lets_the_receiver_check_links(
@@ -67,18 +73,18 @@ async def test_purge_removes_a_whole_prefix_and_keeps_the_chain_verifiable(
     # seq 1-3 old, seq 4 new, seq 5 old again: only 1-3 may go, the chain is never holed.
     for days in (40, 39, 38, 1, 45):
         await append_at(audit_log, NOW - timedelta(days=days), "p1")
-    third = await audit_db[EVENTS].find_one({"_id": 3})
+    third = await audit_db[EVENTS].find_one({"_id": seq_key(3)})
     assert third is not None
     report = await purge(audit_db, audit_log, SOURCE, retention_days=30)
     assert report.through_seq == 3
     assert report.purged == 3
     remaining = await stored(audit_db)
-    assert [d["_id"] for d in remaining] == [4, 5, 6]
+    assert [int(d["_id"]) for d in remaining] == [4, 5, 6]
     verified = await verify_chain(audit_db)
     assert verified.ok, verified.summary()
     assert verified.checkpoint_seq == 3
     # The purge is itself audited, in the chain, naming what it removed.
-    purge_event = remaining[-1]["event"]
+    purge_event = remaining[-1]["resource"]
     assert purge_event["subtype"][0]["code"] == "audit-purge"
     assert purge_event["action"] == "D"
     assert purge_marker(purge_event) == (3, third["hash"])
@@ -99,7 +105,7 @@ async def test_purge_with_nothing_expired_changes_nothing(
 async def test_purge_refuses_a_broken_chain(audit_log: AuditLog, audit_db: Db) -> None:
     for days in (40, 39, 1):
         await append_at(audit_log, NOW - timedelta(days=days), "p1")
-    await audit_db[EVENTS].update_one({"_id": 1}, {"$set": {"event.action": "C"}})
+    await audit_db[EVENTS].update_one({"_id": seq_key(1)}, {"$set": {"resource.action": "C"}})
     with pytest.raises(PurgeRefused):
         await purge(audit_db, audit_log, SOURCE, retention_days=30)
     assert len(await stored(audit_db)) == 3
@@ -110,9 +116,9 @@ async def test_a_forged_checkpoint_does_not_hide_a_deleted_prefix(
 ) -> None:
     for days in (3, 2, 1):
         await append_at(audit_log, NOW - timedelta(days=days), "p1")
-    second = await audit_db[EVENTS].find_one({"_id": 2})
+    second = await audit_db[EVENTS].find_one({"_id": seq_key(2)})
     assert second is not None
-    await audit_db[EVENTS].delete_many({"_id": {"$lte": 2}})
+    await audit_db[EVENTS].delete_many({"_id": {"$lte": seq_key(2)}})
     await audit_db[CHECKPOINTS].insert_one({"_id": 2, "through_seq": 2, "anchor": second["hash"]})
     report = await verify_chain(audit_db)
     assert not report.ok
@@ -134,9 +140,9 @@ async def test_cli_verify_reports_ok_then_the_broken_link(
     assert await run_audit_command(parse(["audit", "verify"]), audit_db, stdout=out) == 0
     assert out.getvalue().startswith("OK: 2 events")
     # verify is itself an access to the audit log, and is recorded.
-    newest = (await stored(audit_db))[-1]["event"]
+    newest = (await stored(audit_db))[-1]["resource"]
     assert newest["subtype"][0]["code"] == "audit-verify"
-    await audit_db[EVENTS].update_one({"_id": 2}, {"$set": {"event.outcome": "8"}})
+    await audit_db[EVENTS].update_one({"_id": seq_key(2)}, {"$set": {"resource.outcome": "8"}})
     out = io.StringIO()
     assert await run_audit_command(parse(["audit", "verify"]), audit_db, stdout=out) == 1
     assert out.getvalue().startswith("BROKEN at seq 2")
@@ -151,7 +157,7 @@ async def test_cli_export_and_purge(audit_log: AuditLog, audit_db: Db, tmp_path:
     assert await run_audit_command(args, audit_db) == 0
     lines: list[Any] = [orjson.loads(x) for x in target.read_bytes().splitlines()]
     assert len(lines) == 1
-    export_events = [d["event"] for d in await stored(audit_db)]
+    export_events = [d["resource"] for d in await stored(audit_db)]
     assert export_events[-1]["subtype"][0]["code"] == "audit-export"
 
     out = io.StringIO()

@@ -1,0 +1,102 @@
+"""`GET /fhir/AuditEvent…`: the audit log, read by auditors through the FHIR API.
+
+The log is a separate, insert-only store (app/audit/log.py). Its documents have the shape of a
+FHIR store's current versions, so the ordinary search engine answers these searches; only the
+parameters the log extracts are offered. Writes are refused with 405: nothing, not even this
+server's FHIR API, may change the audit trail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from app.api.access import authorize
+from app.audit.chain import EVENTS, SEARCH_PARAMETERS, seq_key
+from app.context import Services
+from app.fhir.outcome import BadRequest, Forbidden, MethodNotAllowed, NotFound
+from app.fhir.search.parse import RESULT_PARAMETERS
+from app.security.policy import Access, PolicyInteraction
+from app.store.versions import Version, instant
+
+JsonDict = dict[str, Any]
+
+AUDIT_EVENT = "AuditEvent"
+
+
+def refuse_write(method: str) -> None:
+    raise MethodNotAllowed(
+        f"{method} is not offered on AuditEvent: the audit log is append-only, written only by "
+        "the server, and read by auditors through read, vread and search"
+    )
+
+
+def capability_entry(search_parameters: list[JsonDict]) -> JsonDict:
+    """What the CapabilityStatement says about AuditEvent: read and search, nothing else."""
+    return {
+        "interaction": [{"code": c} for c in ("read", "vread", "search-type")],
+        "versioning": "no-version",
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchParam": [p for p in search_parameters if p["name"] in SEARCH_PARAMETERS],
+        "documentation": "The audit log: readable with user/ or system/AuditEvent.rs only",
+    }
+
+
+def refuse_in_general_search(types: list[str]) -> None:
+    if AUDIT_EVENT in types:
+        raise BadRequest(
+            "AuditEvents live in the audit log: search them with GET AuditEvent?…",
+            expression=["_type"],
+        )
+
+
+async def authorize_auditor(request: Request, interaction: PolicyInteraction) -> Access:
+    """Only a scope naming AuditEvent itself, at user or system level, reads the log.
+
+    A wildcard (`system/*.rs`) is not enough, and a patient-level scope never is: the log
+    describes other people's accesses.
+    """
+    access = await authorize(request, interaction, AUDIT_EVENT)
+    services: Services = request.app.state.services
+    if not services.settings.auth:
+        return access
+    named = [g for g in access.grants if g.resource_type == AUDIT_EVENT and g.level != "patient"]
+    if not named or access.patient_scope is not None:
+        raise Forbidden(
+            "Reading AuditEvents needs an auditor scope naming AuditEvent "
+            "(user/AuditEvent.rs or system/AuditEvent.rs); patient-level scopes never allow it"
+        )
+    return access
+
+
+def check_parameters(items: list[tuple[str, str]]) -> None:
+    offered = SEARCH_PARAMETERS | RESULT_PARAMETERS
+    for name, _ in items:
+        base = name.split(":", 1)[0].split(".", 1)[0]
+        if base not in offered:
+            raise BadRequest(
+                f"AuditEvent search supports {', '.join(sorted(SEARCH_PARAMETERS))}; "
+                f"'{name[:60]}' is not one of them",
+                expression=[name[:60]],
+            )
+
+
+async def read_event(request: Request, event_id: str, vid: str | None = None) -> Version:
+    services: Services = request.app.state.services
+    if not event_id.isdigit() or (vid is not None and vid != "1"):
+        raise NotFound(f"AuditEvent/{event_id[:64]} is not known")
+    doc = await services.audit_store.current(EVENTS).find_one(
+        {"_id": seq_key(int(event_id))}, {"resource": 1, "written": 1}
+    )
+    if doc is None:
+        raise NotFound(f"AuditEvent/{event_id} is not known")
+    resource = {
+        **doc["resource"],
+        "meta": {"versionId": "1", "lastUpdated": instant(doc["written"])},
+    }
+    return Version(AUDIT_EVENT, event_id, 1, doc["written"], resource)
