@@ -242,7 +242,7 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
     model.check_type(resource_type)
     if resource_type == AUDIT_EVENT:
         refuse_write("PUT")
-    access = await authorize(request, "update", resource_type, resource_id)
+    access = await authorize(request, "update", resource_type)
     _no_conditional_for_patient_scope(access)
     conditions = criteria(request)
     if not conditions:
@@ -262,7 +262,7 @@ async def conditional_delete(request: Request, resource_type: str) -> Response:
     model.check_type(resource_type)
     if resource_type == AUDIT_EVENT:
         refuse_write("DELETE")
-    access = await authorize(request, "delete", resource_type, resource_id)
+    access = await authorize(request, "delete", resource_type)
     _no_conditional_for_patient_scope(access)
     conditions = criteria(request)
     if not conditions:
