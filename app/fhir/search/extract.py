@@ -450,12 +450,17 @@ def extract_index(resource: JsonDict) -> JsonDict:
     return build_index(resource, text_search=True)
 
 
-def build_index(resource: JsonDict, *, text_search: bool) -> JsonDict:
+def build_index(
+    resource: JsonDict, *, text_search: bool, only: frozenset[str] | None = None
+) -> JsonDict:
     """`extract_index`, optionally without `_text`/`_content` (about a third of the cost on
-    resources with a generated narrative) for deployments that do not offer those parameters."""
+    resources with a generated narrative) for deployments that do not offer those parameters,
+    and optionally for the parameters named in `only` alone (a store that offers only those)."""
     out = Keys()
     plan, has_text_search = _plan(str(resource.get("resourceType", "")))
     for param, index in plan:
+        if only is not None and param.code not in only:
+            continue
         assert param.extractor is not None
         if index is _index_composite:
             for node in param.extractor.evaluate(resource):
