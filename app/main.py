@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings=settings,
                 database=database,
                 store=store,
-                interactions=Interactions(store, engine.match_ids),
+                interactions=Interactions(
+                    store, engine.match_ids, max_json_depth=settings.max_json_depth
+                ),
                 search=engine,
                 started=instant(now_utc()),
                 feed=feed,

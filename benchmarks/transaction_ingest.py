@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import random
 import sys
@@ -206,6 +207,16 @@ def synthea_like_bundle(rng: random.Random, size: int = 100) -> JsonDict:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries[:size]}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, from /proc (Linux); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 async def run(args: argparse.Namespace) -> None:
     server = EmbeddedServer.start(":memory:")
     client: AsyncMongoClient[JsonDict] = AsyncMongoClient(
@@ -232,6 +243,8 @@ async def run(args: argparse.Namespace) -> None:
                 latencies.append(time.perf_counter() - began)
 
         profiler = cProfile.Profile() if args.profile else None
+        db_cpu_before = process_cpu_seconds(server.process.pid)
+        cpu_before = time.process_time()
         began = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -239,6 +252,8 @@ async def run(args: argparse.Namespace) -> None:
         if profiler:
             profiler.disable()
         elapsed = time.perf_counter() - began
+        app_cpu = time.process_time() - cpu_before
+        db_cpu = process_cpu_seconds(server.process.pid) - db_cpu_before
         resources = args.bundles * args.entries
         stored = await store.count("Observation", {})
         latencies.sort()
@@ -251,6 +266,11 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"bundle latency p50={latencies[len(latencies) // 2] * 1000:.0f} ms "
             f"p95={latencies[int(len(latencies) * 0.95) - 1] * 1000:.0f} ms"
+        )
+        print(
+            f"CPU per resource: app {app_cpu / resources * 1000:.2f} ms, "
+            f"database {db_cpu / resources * 1000:.2f} ms "
+            f"(bound with a core each: {resources / max(app_cpu, db_cpu, 1e-9):,.0f} resources/s)"
         )
         if profiler:
             out = io.StringIO()

@@ -6,17 +6,19 @@ the compartment limits they produce travel with the call into the search and rea
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 
 from app.audit.events import AuditFacts
 from app.context import Services
-from app.fhir.outcome import NotFound
+from app.fhir.bundle.entries import Entry
+from app.fhir.outcome import Forbidden, NotFound
 from app.fhir.search.extract import patient_compartments
 from app.security.policy import Access, AccessContext, PolicyInteraction, authenticate
 
-JsonDict = dict[str, object]
+JsonDict = dict[str, Any]
 
 UNRESTRICTED = AccessContext.unrestricted()
 
@@ -98,3 +100,79 @@ async def ensure_within_filters(
     items = [("_id", resource_id), *access.extra_criteria()]
     if not await services.search.match_ids(resource_type, items, limit=1):
         raise NotFound(f"{resource_type}/{resource_id} is not known")
+
+
+def begin_audit(request: Request, interaction: str, resource_type: str | None = None) -> None:
+    """Start the audit record of a request that is not a single-type interaction."""
+    request.state.audit_facts = AuditFacts(
+        interaction, resource_type=resource_type, query=request.url.query or None
+    )
+
+
+ENTRY_INTERACTIONS: dict[str, PolicyInteraction] = {
+    "POST": "create",
+    "PUT": "update",
+    "PATCH": "patch",
+    "DELETE": "delete",
+}
+
+
+def bundle_guard(request: Request, context: AccessContext) -> Callable[[Entry], Awaitable[None]]:
+    """Authorises each Bundle entry as if it were its own request (403 for that entry)."""
+
+    async def guard(entry: Entry) -> None:
+        interaction = ENTRY_INTERACTIONS.get(entry.method) or _get_interaction(entry)
+        access = context.authorize(interaction, entry.resource_type)
+        if access.unrestricted:
+            return
+        if entry.resource is not None:
+            ensure_writable(access, entry.resource)
+        if entry.writes and (entry.criteria or entry.if_none_exist) and access.patient_scope:
+            raise Forbidden(
+                "Conditional create, update and delete are not available to patient-scoped "
+                "tokens; address the resource by id"
+            )
+        if entry.resource_id is not None:
+            await ensure_current_visible(request, access, entry.resource_type, entry.resource_id)
+
+    return guard
+
+
+def _get_interaction(entry: Entry) -> PolicyInteraction:
+    if entry.resource_id is None:
+        return "search"
+    if entry.history:
+        return "history-instance"
+    return "vread" if entry.vid is not None else "read"
+
+
+async def ensure_current_visible(
+    request: Request, access: Access, resource_type: str, resource_id: str
+) -> None:
+    """For a limited caller: an existing resource must be within its reach (else 404)."""
+    services: Services = request.app.state.services
+    doc = await services.store.read_current(resource_type, resource_id)
+    if doc is not None and not doc.get("deleted"):
+        ensure_visible(access, doc.get("resource"), f"{resource_type}/{resource_id}")
+        await ensure_within_filters(request, access, resource_type, resource_id)
+
+
+def scoped_searcher(
+    request: Request, context: AccessContext, base_url: str
+) -> Callable[[str, list[tuple[str, str]]], Awaitable[JsonDict]]:
+    """A search function for GET entries of a Bundle, limited as the caller's own searches."""
+    services: Services = request.app.state.services
+
+    async def search(resource_type: str, items: list[tuple[str, str]]) -> JsonDict:
+        access = context.authorize("search", resource_type)
+        bundle: JsonDict = await services.search.search(
+            resource_type,
+            items + access.extra_criteria(),
+            base_url=base_url,
+            page_size=services.settings.default_page_size,
+            max_page_size=services.settings.max_page_size,
+            patient_scope=access.patient_scope,
+        )
+        return bundle
+
+    return search

@@ -13,10 +13,14 @@ from starlette.responses import Response
 from app.api.access import (
     audit_note,
     authorize,
+    begin_audit,
+    bundle_guard,
     caller,
+    ensure_current_visible,
     ensure_visible,
     ensure_within_filters,
     ensure_writable,
+    scoped_searcher,
 )
 from app.api.audit_events import (
     AUDIT_EVENT,
@@ -34,6 +38,7 @@ from app.api.http import (
     is_pretty,
     negotiate,
     parse_http_date,
+    prefer_return,
     prefer_strict,
     read_body,
     version_headers,
@@ -41,6 +46,7 @@ from app.api.http import (
 )
 from app.context import Services
 from app.fhir import capability, history, model
+from app.fhir.bundle.processor import BundleProcessor
 from app.fhir.interactions import parse_etag
 from app.fhir.outcome import BadRequest, Forbidden
 from app.fhir.search.extract import patient_compartments
@@ -51,6 +57,7 @@ from app.store.versions import Version, instant
 router = APIRouter(prefix="/fhir")
 
 JsonDict = dict[str, Any]
+PATCH_CONTENT_TYPES = ("application/json-patch+json", "application/fhir+json", "application/json")
 RESULT_PARAMS = {"_format", "_pretty", "_count", "_cursor", "_since", "_at", "_total"}
 
 
@@ -172,6 +179,34 @@ async def search_system(request: Request) -> Response:
             "scopes): search one type at a time, or through Patient/[id]/[type]"
         )
     return await _search(request, None, items, access)
+
+
+@router.post("")
+async def bundle(request: Request) -> Response:
+    """Batch and transaction Bundles (R4 http.html#transaction)."""
+    negotiate(request)
+    svc = services(request)
+    posted = await resource_body(request)
+    kind = posted.get("type") if posted.get("resourceType") == "Bundle" else None
+    begin_audit(request, "transaction" if kind == "transaction" else "batch")
+    context = await caller(request)
+    request.state.access = context
+    audit_note(request, client_id=context.client_id, fhir_user=context.fhir_user, jti=context.jti)
+    base = base_url(request)
+    processor = BundleProcessor(svc.interactions, scoped_searcher(request, context, base))
+    outcome = await processor.process_with_versions(
+        posted,
+        base_url=base,
+        prefer_return=prefer_return(request) if "prefer" in request.headers else "minimal",
+        max_entries=svc.settings.max_bundle_entries,
+        guard=bundle_guard(request, context) if context.authenticated else None,
+    )
+    patients: dict[str, None] = {}
+    for version in outcome.written:
+        if version.resource:
+            patients.update(dict.fromkeys(patient_compartments(version.resource)))
+    audit_note(request, patients=list(patients))
+    return FhirResponse(outcome.bundle, pretty=is_pretty(request))
 
 
 @router.get("/_history")
@@ -313,7 +348,7 @@ async def update(request: Request, resource_type: str, resource_id: str) -> Resp
     resource = await resource_body(request)
     ensure_writable(access, resource)
     if not access.unrestricted:
-        await _ensure_current_visible(request, access, resource_type, resource_id)
+        await ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.update(
         resource_type, resource_id, resource, if_match=_if_match(request)
     )
@@ -330,7 +365,7 @@ async def delete(request: Request, resource_type: str, resource_id: str) -> Resp
         refuse_write("DELETE")
     access = await authorize(request, "delete", resource_type, resource_id)
     if not access.unrestricted:
-        await _ensure_current_visible(request, access, resource_type, resource_id)
+        await ensure_current_visible(request, access, resource_type, resource_id)
     result = await services(request).interactions.delete(resource_type, resource_id)
     return _delete_response(request, result.version)
 
@@ -381,7 +416,60 @@ async def search_compartment(
     )
 
 
+@router.patch("/{resource_type}/{resource_id}")
+async def patch(request: Request, resource_type: str, resource_id: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("PATCH")
+    model.check_id(resource_id)
+    access = await authorize(request, "patch", resource_type, resource_id)
+    content_type, body = await _patch_body(request)
+    if not access.unrestricted:
+        await ensure_current_visible(request, access, resource_type, resource_id)
+    result = await services(request).interactions.patch(
+        resource_type,
+        resource_id,
+        content_type,
+        body,
+        if_match=_if_match(request),
+        check=None if access.unrestricted else lambda patched: ensure_writable(access, patched),
+    )
+    note_version(request, result.version)
+    return write_response(request, result.status, result.version, base_url(request), "Patched")
+
+
+@router.patch("/{resource_type}")
+async def conditional_patch(request: Request, resource_type: str) -> Response:
+    negotiate(request)
+    model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write("PATCH")
+    access = await authorize(request, "patch", resource_type)
+    _no_conditional_for_patient_scope(access)
+    conditions = criteria(request)
+    if not conditions:
+        raise BadRequest("A conditional patch needs search criteria in the URL")
+    content_type, body = await _patch_body(request)
+    result = await services(request).interactions.conditional_patch(
+        resource_type,
+        conditions,
+        content_type,
+        body,
+        if_match=_if_match(request),
+        check=None if access.unrestricted else lambda patched: ensure_writable(access, patched),
+    )
+    note_version(request, result.version)
+    return write_response(request, result.status, result.version, base_url(request), "Patched")
+
+
 # Helpers
+
+
+async def _patch_body(request: Request) -> tuple[str, bytes]:
+    """JSON Patch, or FHIRPath Patch as a FHIR JSON Parameters resource (http.html#patch)."""
+    content_type = check_content_type(request, PATCH_CONTENT_TYPES)
+    return content_type, await read_body(request, services(request).settings.max_body_bytes)
 
 
 def _no_conditional_for_patient_scope(access: Access) -> None:
@@ -392,16 +480,6 @@ def _no_conditional_for_patient_scope(access: Access) -> None:
             "Conditional create, update and delete are not available to patient-scoped "
             "tokens; address the resource by id"
         )
-
-
-async def _ensure_current_visible(
-    request: Request, access: Access, resource_type: str, resource_id: str
-) -> None:
-    """For a limited write to an existing resource: it must be within the caller's reach."""
-    doc = await services(request).store.read_current(resource_type, resource_id)
-    if doc is not None and not doc.get("deleted"):
-        ensure_visible(access, doc.get("resource"), f"{resource_type}/{resource_id}")
-        await ensure_within_filters(request, access, resource_type, resource_id)
 
 
 def _if_match(request: Request) -> int | None:

@@ -16,13 +16,15 @@ TYPE_INTERACTIONS = (
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
     "create",
     "search-type",
 )
-SYSTEM_INTERACTIONS = ("history-system",)
+SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system")
+PATCH_FORMATS = ("application/json-patch+json", "application/fhir+json")
 
 
 def capability_statement(
@@ -78,6 +80,6 @@ def capability_statement(
         "implementation": {"description": "Hestia FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/json"],
-        "patchFormat": [],
+        "patchFormat": list(PATCH_FORMATS),
         "rest": [rest],
     }

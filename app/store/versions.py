@@ -9,6 +9,7 @@ answered 409/412 by the caller.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ from typing import Any, TypeVar
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 Doc = dict[str, Any]
 T = TypeVar("T")
 
 HISTORY = "history"
+# Guard documents that serialise conditional creates on the same criteria (see claim_guard).
+GUARDS = "conditional_guards"
 TRANSACTION_RETRIES = 8
 
 
@@ -69,12 +72,17 @@ def now_utc() -> datetime:
 
 def instant(value: datetime) -> str:
     """FHIR instant with millisecond precision, as served in meta.lastUpdated."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return (
+        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    )
 
 
 def _is_transient(exc: PyMongoError) -> bool:
     if exc.has_error_label("TransientTransactionError"):
         return True
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors", [])
+        return bool(errors) and all(e.get("code") in (112, 244, 251) for e in errors)
     return isinstance(exc, OperationFailure) and exc.code in (112, 244, 251)
 
 
@@ -90,7 +98,9 @@ class Store:
         await self.history.create_index(
             [("type", ASCENDING), ("id", ASCENDING), ("vid", DESCENDING)], name="instance"
         )
-        await self.history.create_index([("updated", DESCENDING), ("_id", DESCENDING)], name="system")
+        await self.history.create_index(
+            [("updated", DESCENDING), ("_id", DESCENDING)], name="system"
+        )
         await self.history.create_index(
             [("type", ASCENDING), ("updated", DESCENDING), ("_id", DESCENDING)], name="type"
         )
@@ -126,7 +136,8 @@ class Store:
                     raise
                 if attempt == TRANSACTION_RETRIES - 1:
                     raise VersionConflict("The resource was changed concurrently") from exc
-            await asyncio.sleep(delay)
+            # Jitter: writers that collided once must not retry in lockstep and collide again.
+            await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.2)
         raise VersionConflict("The resource was changed concurrently")
 
@@ -152,9 +163,15 @@ class Store:
         )
         return doc
 
-    async def read_version(self, resource_type: str, resource_id: str, vid: int) -> Doc | None:
+    async def read_version(
+        self,
+        resource_type: str,
+        resource_id: str,
+        vid: int,
+        session: AsyncClientSession | None = None,
+    ) -> Doc | None:
         doc: Doc | None = await self.history.find_one(
-            {"_id": history_id(resource_type, resource_id, vid)}
+            {"_id": history_id(resource_type, resource_id, vid)}, session=session
         )
         return doc
 
@@ -174,43 +191,26 @@ class Store:
         not exist). `make_resource(vid)` returns the body to store for the new version number,
         so meta.versionId is always the version actually claimed.
         """
-        collection = self.current(spec.resource_type)
-        vid = (expected_vid or 0) + 1
-        resource = make_resource(vid)
-        doc: Doc = {
-            "_id": spec.id,
-            "resource": resource,
-            "vid": vid,
-            "updated": updated,
-            "deleted": resource is None,
-            "s": spec.search_keys if resource is not None else {},
-            "compartments": list(spec.compartments) if resource is not None else [],
-            "raw": list(spec.raw),
-        }
-        if expected_vid is None:
-            try:
-                await collection.insert_one(doc, session=session)
-            except DuplicateKeyError as exc:
-                raise VersionConflict(f"{spec.resource_type}/{spec.id} already exists") from exc
-        else:
-            result = await collection.replace_one(
-                {"_id": spec.id, "vid": expected_vid}, doc, session=session
+        batch = WriteBatch(self)
+        version = batch.add(spec, expected_vid, updated, make_resource)
+        await batch.flush(session)
+        return version
+
+    async def claim_guard(self, session: AsyncClientSession, key: str) -> None:
+        """Write the guard document `key` inside the caller's transaction.
+
+        Snapshot isolation lets two transactions both search, both find nothing and both
+        create. Writing one shared document first turns that race into a write conflict
+        (WriteConflict 112, or a duplicate key on the first insert), so the loser is retried
+        whole and its retry finds what the winner created. Works the same on MongoDB replica
+        sets and on SecantusDB because it relies only on document-level write conflicts.
+        """
+        try:
+            await self.db[GUARDS].update_one(
+                {"_id": key}, {"$inc": {"n": 1}}, upsert=True, session=session
             )
-            if result.matched_count != 1:
-                raise VersionConflict(f"{spec.resource_type}/{spec.id} changed concurrently")
-        await self.history.insert_one(
-            {
-                "_id": history_id(spec.resource_type, spec.id, vid),
-                "type": spec.resource_type,
-                "id": spec.id,
-                "vid": vid,
-                "updated": updated,
-                "method": spec.method,
-                "resource": resource,
-            },
-            session=session,
-        )
-        return Version(spec.resource_type, spec.id, vid, updated, resource, spec.method)
+        except DuplicateKeyError as exc:
+            raise VersionConflict("A concurrent conditional write holds the guard") from exc
 
     # Queries
 
@@ -246,16 +246,98 @@ class Store:
         return int(await self.history.count_documents(query))
 
 
+class WriteBatch:
+    """Versions staged in memory and written together: one `insert_many` per collection for
+    new resources and one for history, instead of two round trips per resource.
+
+    Staging computes the Version (vid, body) at once, so callers can answer before `flush`.
+    A batch must not hold two versions of one resource (the Bundle layer refuses that).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.inserts: dict[str, list[Doc]] = {}
+        self.replaces: list[tuple[str, int, Doc]] = []
+        self.history: list[Doc] = []
+        self.versions: list[Version] = []
+
+    def add(
+        self,
+        spec: WriteSpec,
+        expected_vid: int | None,
+        updated: datetime,
+        make_resource: Callable[[int], Doc | None],
+    ) -> Version:
+        vid = (expected_vid or 0) + 1
+        resource = make_resource(vid)
+        doc: Doc = {
+            "_id": spec.id,
+            "resource": resource,
+            "vid": vid,
+            "updated": updated,
+            "deleted": resource is None,
+            "s": spec.search_keys if resource is not None else {},
+            "compartments": list(spec.compartments) if resource is not None else [],
+            "raw": list(spec.raw),
+        }
+        if expected_vid is None:
+            self.inserts.setdefault(spec.resource_type, []).append(doc)
+        else:
+            self.replaces.append((spec.resource_type, expected_vid, doc))
+        self.history.append(
+            {
+                "_id": history_id(spec.resource_type, spec.id, vid),
+                "type": spec.resource_type,
+                "id": spec.id,
+                "vid": vid,
+                "updated": updated,
+                "method": spec.method,
+                "resource": resource,
+            }
+        )
+        version = Version(spec.resource_type, spec.id, vid, updated, resource, spec.method)
+        self.versions.append(version)
+        return version
+
+    async def flush(self, session: AsyncClientSession) -> list[Version]:
+        """Write everything staged, inside `session`'s transaction; return the versions."""
+        for resource_type, expected_vid, doc in self.replaces:
+            result = await self.store.current(resource_type).replace_one(
+                {"_id": doc["_id"], "vid": expected_vid}, doc, session=session
+            )
+            if result.matched_count != 1:
+                raise VersionConflict(f"{resource_type}/{doc['_id']} changed concurrently")
+        try:
+            for resource_type, docs in self.inserts.items():
+                await self.store.current(resource_type).insert_many(
+                    docs, ordered=True, session=session
+                )
+        except BulkWriteError as exc:
+            # A duplicate _id means another writer created the resource first.
+            if any(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                raise VersionConflict("A resource was created concurrently") from exc
+            raise
+        except DuplicateKeyError as exc:
+            raise VersionConflict("A resource was created concurrently") from exc
+        if self.history:
+            await self.store.history.insert_many(self.history, ordered=True, session=session)
+        written = self.versions
+        self.inserts, self.replaces, self.history, self.versions = {}, [], [], []
+        return written
+
+
 def history_id(resource_type: str, resource_id: str, vid: int) -> str:
     return f"{resource_type}/{resource_id}/{vid}"
 
 
 __all__ = [
+    "GUARDS",
     "HISTORY",
     "Store",
     "StoreUnavailable",
     "Version",
     "VersionConflict",
+    "WriteBatch",
     "WriteSpec",
     "history_id",
     "instant",

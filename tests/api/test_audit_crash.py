@@ -1,0 +1,92 @@
+"""Kill the server under read load: every read a client received an answer for has its
+AuditEvent stored (the response is only sent once its event is durable)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from datetime import UTC
+from pathlib import Path
+
+import httpx
+from pymongo import MongoClient
+
+from app.store.client import EmbeddedServer
+from tests.conftest import start_hestia
+
+JSON = {"Content-Type": "application/fhir+json"}
+READERS = 8
+
+
+def test_every_answered_read_is_audited_after_a_kill(tmp_path: Path) -> None:
+    server = start_hestia(tmp_path, {}, name="crash")
+    ids = []
+    with httpx.Client(base_url=server.fhir, timeout=30) as fhir:
+        for _ in range(30):
+            ids.append(
+                fhir.post("/Patient", json={"resourceType": "Patient"}, headers=JSON).json()["id"]
+            )
+
+    answered: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=server.fhir, timeout=5) as fhir:
+            while not stop.is_set():
+                pid = rng.choice(ids)
+                try:
+                    response = fhir.get(f"/Patient/{pid}")
+                except httpx.HTTPError:
+                    continue  # the server died mid-request: no answer, nothing to check
+                if response.status_code == 200:
+                    with lock:
+                        answered[pid] += 1
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(READERS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(10)
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert sum(answered.values()) > 50, answered
+
+    # The embedded database follows its parent down (SIGTERM); let it finish, then reopen the
+    # same files and count the read events per patient.
+    db_path = str(tmp_path / "crash" / "db")
+    deadline = time.monotonic() + 30
+    while any(db_path in cmdline for cmdline in _command_lines()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    database = EmbeddedServer.start(db_path)
+    try:
+        with MongoClient(database.uri, tz_aware=True, tzinfo=UTC) as client:
+            recorded: Counter[str] = Counter()
+            for doc in client["hestia_audit"]["AuditEvent"].find(
+                {"s.subtype": "read", "s.outcome": "0"}, {"compartments": 1}
+            ):
+                for patient in doc.get("compartments", []):
+                    recorded[patient.split("/", 1)[1]] += 1
+    finally:
+        database.stop()
+    missing = {pid: n - recorded[pid] for pid, n in answered.items() if recorded[pid] < n}
+    assert not missing, f"answered reads without an AuditEvent: {missing}"
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return lines
