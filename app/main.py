@@ -69,14 +69,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if audit_log is not None:
                 # Fails start-up when the audit store is unreachable: no access unaudited.
                 await audit_log.start(database.client[audit_database_name(settings.database)])
-            store = Store(database.db)
+            cache = CurrentCache(settings.read_cache_entries)
+            feed.subscribe(cache)
+            store = Store(database.db, cache)
             await store.ensure_indexes(sorted(model.STORABLE_TYPES))
             await ensure_search_indexes(store, sorted(model.STORABLE_TYPES))
             cursor_secret = await shared_secret(database, "cursor")
             engine = SearchEngine(store, cursor_secret=cursor_secret)
             audit_store = Store(database.client[audit_database_name(settings.database)])
-            cache = CurrentCache(settings.read_cache_entries)
-            feed.subscribe(cache)
             security = await open_security(settings, database)
             if security is not None:
                 feed.subscribe(security.revocations)

@@ -21,6 +21,8 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
+from app.store.cache import CurrentCache
+
 Doc = dict[str, Any]
 T = TypeVar("T")
 
@@ -87,9 +89,16 @@ def _is_transient(exc: PyMongoError) -> bool:
 
 
 class Store:
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+    """`cache`, when given, serves reads of current versions outside transactions; this store
+    invalidates what its own transactions wrote once they commit (read-your-writes), and the
+    cache's change feed covers every other writer."""
+
+    def __init__(self, db: AsyncDatabase[Doc], cache: CurrentCache | None = None) -> None:
         self.db = db
         self.history = db[HISTORY]
+        self.cache = cache
+        # Keys written by each open transaction (by session), invalidated after its commit.
+        self._written: dict[int, list[tuple[str, str]]] = {}
 
     def current(self, resource_type: str) -> Any:
         return self.db[resource_type]
@@ -122,10 +131,15 @@ class Store:
                     try:
                         result = await work(session)
                     except BaseException:
+                        self._written.pop(id(session), None)
                         if session.in_transaction:
                             await session.abort_transaction()
                         raise
-                    await self._commit(session)
+                    try:
+                        await self._commit(session)
+                    finally:
+                        # After a failed commit the outcome is unknown: invalidating is safe.
+                        self._invalidate_written(session)
                     return result
             except VersionConflict:
                 # `work` re-reads the current state on each attempt, so a lost race is retried.
@@ -151,16 +165,35 @@ class Store:
                     continue
                 raise
 
+    def note_written(self, session: AsyncClientSession, keys: list[tuple[str, str]]) -> None:
+        if self.cache is not None:
+            self._written.setdefault(id(session), []).extend(keys)
+
+    def _invalidate_written(self, session: AsyncClientSession) -> None:
+        keys = self._written.pop(id(session), ())
+        if self.cache is not None:
+            for resource_type, resource_id in keys:
+                self.cache.invalidate(resource_type, resource_id)
+
     # Reads
 
     async def read_current(
         self, resource_type: str, resource_id: str, session: AsyncClientSession | None = None
     ) -> Doc | None:
+        """The current-collection document (callers must not modify it: it may be cached)."""
+        cache = self.cache if session is None else None
+        if cache is not None:
+            cached = cache.get(resource_type, resource_id)
+            if cached is not None:
+                return cached
+            began = cache.epoch()
         doc: Doc | None = await self.current(resource_type).find_one(
             {"_id": resource_id},
             {"resource": 1, "vid": 1, "updated": 1, "deleted": 1, "compartments": 1},
             session=session,
         )
+        if cache is not None and doc is not None:
+            cache.put(resource_type, resource_id, doc, began)
         return doc
 
     async def read_version(
@@ -301,6 +334,7 @@ class WriteBatch:
 
     async def flush(self, session: AsyncClientSession) -> list[Version]:
         """Write everything staged, inside `session`'s transaction; return the versions."""
+        self.store.note_written(session, [(v.resource_type, v.id) for v in self.versions])
         for resource_type, expected_vid, doc in self.replaces:
             result = await self.store.current(resource_type).replace_one(
                 {"_id": doc["_id"], "vid": expected_vid}, doc, session=session
