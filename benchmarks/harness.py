@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def running_hestia(*, workers: int = 1, mongodb_uri: str = "", auth: bool = False) -> Iterator[str]:
+def running_hestia(
+    *, workers: int = 1, mongodb_uri: str = "", auth: bool = False, audit: bool = True
+) -> Iterator[str]:
     """A `hestia serve` child on a free port; yields the FHIR base URL.
 
     Without `mongodb_uri` it starts its own embedded database on a temporary directory, which is
@@ -28,7 +30,12 @@ def running_hestia(*, workers: int = 1, mongodb_uri: str = "", auth: bool = Fals
     """
     with TemporaryDirectory(prefix="hestia-bench-") as tmp:
         port = free_port()
-        env = {**os.environ, "HESTIA_AUTH": "on" if auth else "off", "HESTIA_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "HESTIA_AUTH": "on" if auth else "off",
+            "HESTIA_AUDIT": "on" if audit else "off",
+            "HESTIA_LOG_LEVEL": "warning",
+        }
         if mongodb_uri:
             env["HESTIA_MONGODB_URI"] = mongodb_uri
         process = subprocess.Popen(

@@ -87,6 +87,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--base", help="FHIR base URL of a running server (default: start one)")
+    parser.add_argument(
+        "--audit",
+        choices=("on", "off", "both"),
+        default="on",
+        help="AuditEvent per request; 'both' runs off then on, side by side",
+    )
     args = parser.parse_args()
 
     def run(base: str) -> None:
@@ -97,8 +103,10 @@ def main() -> None:
     if args.base:
         run(args.base)
         return
-    with running_hestia(workers=args.workers) as base:
-        run(base)
+    for audit in (False, True) if args.audit == "both" else (args.audit == "on",):
+        print(f"-- audit {'on' if audit else 'off'}, {args.workers} worker(s)")
+        with running_hestia(workers=args.workers, audit=audit) as base:
+            run(base)
 
 
 if __name__ == "__main__":

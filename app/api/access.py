@@ -17,6 +17,7 @@ from app.fhir.bundle.entries import Entry
 from app.fhir.outcome import Forbidden, NotFound
 from app.fhir.search.extract import patient_compartments
 from app.security.policy import Access, AccessContext, PolicyInteraction, authenticate
+from app.store.versions import Version
 
 JsonDict = dict[str, Any]
 
@@ -72,11 +73,21 @@ def audit_note(request: Request, **fields: Any) -> None:
         setattr(facts, name, value)
 
 
-def ensure_visible(access: Access, resource: dict[str, object] | None, reference: str) -> None:
-    """404 for a resource outside the caller's patient compartment (existence not leaked)."""
-    if access.patient_scope is None or resource is None:
+def ensure_visible(access: Access, found: Version | dict[str, Any] | None, reference: str) -> None:
+    """404 for a resource outside the caller's patient compartment (existence not leaked).
+
+    `found` is a Version (its stored compartments are used when known) or a resource body."""
+    if access.patient_scope is None or found is None:
         return
-    access.ensure_visible(patient_compartments(dict(resource)), reference)
+    if isinstance(found, Version):
+        if found.resource is None:
+            return
+        compartments = found.compartments
+        if compartments is None:
+            compartments = tuple(patient_compartments(found.resource))
+    else:
+        compartments = tuple(patient_compartments(found))
+    access.ensure_visible(compartments, reference)
 
 
 def ensure_writable(access: Access, resource: dict[str, object]) -> None:
@@ -153,7 +164,8 @@ async def ensure_current_visible(
     services: Services = request.app.state.services
     doc = await services.store.read_current(resource_type, resource_id)
     if doc is not None and not doc.get("deleted"):
-        ensure_visible(access, doc.get("resource"), f"{resource_type}/{resource_id}")
+        if access.patient_scope is not None:
+            access.ensure_visible(doc.get("compartments") or (), f"{resource_type}/{resource_id}")
         await ensure_within_filters(request, access, resource_type, resource_id)
 
 

@@ -4,6 +4,7 @@ live in app.fhir, storage in app.store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -102,14 +103,20 @@ async def resource_body(request: Request) -> JsonDict:
 
 def note_version(request: Request, version: Version | None) -> None:
     """Name the version served or written, and its patients, in the audit record."""
-    if version is None:
+    if version is None or not services(request).settings.audit:
         return
-    patients = patient_compartments(version.resource) if version.resource else []
-    audit_note(request, resource_id=version.id, version_id=str(version.vid), patients=patients)
+    patients: Sequence[str] = version.compartments or ()
+    if version.compartments is None and version.resource:
+        patients = patient_compartments(version.resource)
+    audit_note(
+        request, resource_id=version.id, version_id=str(version.vid), patients=list(patients)
+    )
 
 
 def note_bundle(request: Request, bundle: JsonDict) -> None:
     """The patients whose data a search or history bundle carries, for the audit record."""
+    if not services(request).settings.audit:
+        return
     found: dict[str, None] = {}
     for entry in bundle.get("entry") or ():
         resource = entry.get("resource")
@@ -332,7 +339,7 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
         return read_response(request, await read_event(request, resource_id))
     access = await authorize(request, "read", resource_type, resource_id)
     version = await services(request).interactions.read(resource_type, resource_id)
-    ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
+    ensure_visible(access, version, f"{resource_type}/{resource_id}")
     await ensure_within_filters(request, access, resource_type, resource_id)
     return read_response(request, version)
 
@@ -390,7 +397,7 @@ async def vread(request: Request, resource_type: str, resource_id: str, vid: str
         return read_response(request, await read_event(request, resource_id, vid))
     access = await authorize(request, "vread", resource_type, resource_id)
     version = await services(request).interactions.vread(resource_type, resource_id, vid)
-    ensure_visible(access, version.resource, f"{resource_type}/{resource_id}")
+    ensure_visible(access, version, f"{resource_type}/{resource_id}")
     await ensure_within_filters(request, access, resource_type, resource_id)
     return read_response(request, version)
 

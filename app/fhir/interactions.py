@@ -95,6 +95,7 @@ def version_from_doc(resource_type: str, doc: JsonDict) -> Version:
         updated=doc["updated"],
         resource=None if doc.get("deleted") else doc.get("resource"),
         method=str(doc.get("method", "PUT")),
+        compartments=tuple(doc["compartments"]) if "compartments" in doc else None,
     )
 
 

@@ -48,6 +48,8 @@ class Version:
     updated: datetime
     resource: Doc | None
     method: str = "PUT"
+    # The patient compartments stored with a current version (None when not read from there).
+    compartments: tuple[str, ...] | None = None
 
     @property
     def deleted(self) -> bool:
@@ -328,7 +330,15 @@ class WriteBatch:
                 "resource": resource,
             }
         )
-        version = Version(spec.resource_type, spec.id, vid, updated, resource, spec.method)
+        version = Version(
+            spec.resource_type,
+            spec.id,
+            vid,
+            updated,
+            resource,
+            spec.method,
+            tuple(doc["compartments"]),
+        )
         self.versions.append(version)
         return version
 
