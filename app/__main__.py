@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (HESTIA_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (HESTIA_PORT, default 8080)")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument(
+        "--mllp-port", type=int, help="also listen for HL7 v2 over MLLP (HESTIA_MLLP_PORT)"
+    )
 
     status = commands.add_parser(
         "status", help="show which database this data dir uses and what it holds"
@@ -99,6 +102,9 @@ def serve(settings: Settings, workers: int) -> int:
     else:
         print("Database: HESTIA_MONGODB_URI", flush=True)
     print(f"Hestia FHIR R4 server: {settings.fhir_base}", flush=True)
+    if settings.mllp_port:
+        host = settings.mllp_host or settings.host
+        print(f"HL7 v2 over MLLP: {host}:{settings.mllp_port}", flush=True)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -117,6 +123,7 @@ def serve(settings: Settings, workers: int) -> int:
             # Worker processes build their app from the environment.
             os.environ["HESTIA_MONGODB_URI"] = settings.mongodb_uri
             os.environ["HESTIA_DATA_DIR"] = str(settings.data_dir)
+            os.environ["HESTIA_MLLP_PORT"] = str(settings.mllp_port)
             uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
     finally:
         if embedded is not None:
@@ -131,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mongodb_uri": getattr(args, "mongodb_uri", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
+        "mllp_port": getattr(args, "mllp_port", None),
     }
     settings = Settings.from_env(**overrides)
     if args.command != "serve" and not settings.base_url:

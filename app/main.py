@@ -14,10 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api import fhir, smart
+from app.api import fhir, ingest, smart
 from app.api.audit import AuditMiddleware
 from app.api.http import error_response
 from app.audit.chain import audit_database_name
+from app.audit.events import AuditSource
 from app.audit.log import AuditLog
 from app.context import Services
 from app.fhir import model
@@ -30,6 +31,9 @@ from app.fhir.outcome import (
     ServiceUnavailable,
 )
 from app.fhir.search.execute import SearchEngine
+from app.ingest.listener import audited_mllp_server
+from app.ingest.mllp import MllpSettings
+from app.ingest.service import Hl7v2Ingestor, IngestSettings
 from app.security.admin import bootstrap_dev_client
 from app.security.service import Security, SecurityConfig
 from app.settings import Settings
@@ -37,6 +41,7 @@ from app.store.cache import CurrentCache
 from app.store.changes import ChangeFeed
 from app.store.client import Database, shared_secret
 from app.store.indexes import ensure_search_indexes
+from app.store.raw import RawStore
 from app.store.versions import Store, instant, now_utc
 
 log = logging.getLogger("hestia")
@@ -82,13 +87,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 feed.subscribe(security.revocations)
             await feed.start()
             app.state.security = security
+            interactions = Interactions(
+                store, engine.match_ids, max_json_depth=settings.max_json_depth
+            )
+            raw = RawStore(database.db)
+            await raw.ensure_indexes()
+            ingestor = Hl7v2Ingestor(
+                interactions, raw, IngestSettings(max_message_bytes=settings.mllp_max_frame_bytes)
+            )
+            app.state.ingest = ingestor
             app.state.services = Services(
                 settings=settings,
                 database=database,
                 store=store,
-                interactions=Interactions(
-                    store, engine.match_ids, max_json_depth=settings.max_json_depth
-                ),
+                interactions=interactions,
                 search=engine,
                 started=instant(now_utc()),
                 feed=feed,
@@ -97,7 +109,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 audit_store=audit_store,
                 audit_search=SearchEngine(audit_store, cursor_secret=cursor_secret),
             )
-            yield
+            mllp = None
+            if settings.mllp_port:
+                mllp = audited_mllp_server(
+                    ingestor,
+                    MllpSettings(
+                        host=settings.mllp_host or settings.host,
+                        port=settings.mllp_port,
+                        max_frame_bytes=settings.mllp_max_frame_bytes,
+                        # Several workers share the port; the kernel spreads connections.
+                        reuse_port=True,
+                    ),
+                    audit_log,
+                    AuditSource(settings.audit_source or settings.fhir_base),
+                )
+                await mllp.start()
+            try:
+                yield
+            finally:
+                if mllp is not None:
+                    await mllp.stop()
         finally:
             await feed.stop()
             if audit_log is not None:
@@ -114,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # The SMART router first: `/fhir/{type}/{id}` would otherwise take `/fhir/.well-known/…`.
     app.include_router(smart.router)
+    # Before the FHIR router: Binary/<payload id> serves stored HL7 v2 messages.
+    app.include_router(ingest.binary_router)
+    app.include_router(ingest.router)
     app.include_router(fhir.router)
     install_error_handlers(app)
     if audit_log is not None:

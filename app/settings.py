@@ -42,6 +42,10 @@ class Settings:
     max_bundle_entries: int = 10_000
     # Current versions kept in memory for reads by id; 0 turns the cache off.
     read_cache_entries: int = 50_000
+    # MLLP listener for HL7 v2 feeds; 0 = off.
+    mllp_port: int = 0
+    mllp_host: str = ""
+    mllp_max_frame_bytes: int = 8 * 1024 * 1024
     # AuditEvent for every access (HESTIA_AUDIT=off only for benchmarks and development).
     audit: bool = True
     audit_retention_days: int = 2190
@@ -69,6 +73,9 @@ class Settings:
             max_page_size=_env_int("MAX_PAGE_SIZE", cls.max_page_size),
             max_bundle_entries=_env_int("MAX_BUNDLE_ENTRIES", cls.max_bundle_entries),
             read_cache_entries=_env_int("READ_CACHE_ENTRIES", cls.read_cache_entries),
+            mllp_port=_env_int("MLLP_PORT", 0),
+            mllp_host=_env("MLLP_HOST", ""),
+            mllp_max_frame_bytes=_env_int("MLLP_MAX_FRAME_BYTES", cls.mllp_max_frame_bytes),
             audit=_env_bool("AUDIT", True),
             audit_retention_days=_env_int("AUDIT_RETENTION_DAYS", cls.audit_retention_days),
             audit_window_ms=_env_int("AUDIT_WINDOW_MS", cls.audit_window_ms),

@@ -30,7 +30,7 @@ from pymongo import AsyncMongoClient
 
 from app.fhir.bundle import BundleProcessor
 from app.fhir.interactions import Interactions
-from app.fhir.matching import BasicMatcher
+from app.fhir.search.execute import SearchEngine
 from app.store.client import EmbeddedServer
 from app.store.versions import Store
 
@@ -225,7 +225,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         store = Store(client["bench"])
         await store.ensure_indexes([])
-        processor = BundleProcessor(Interactions(store, BasicMatcher(store)))
+        processor = BundleProcessor(Interactions(store, SearchEngine(store).match_ids))
         rng = random.Random(args.seed)
         bundles = [synthea_like_bundle(rng, args.entries) for _ in range(args.bundles)]
         warmup = synthea_like_bundle(rng, args.entries)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.api import fhir
 from app.api.access import authorize
 from app.api.http import FhirResponse, is_pretty, read_body
 from app.fhir import model
@@ -155,10 +156,11 @@ async def read_binary(request: Request, raw_id: str) -> Response:
     """A stored payload as a FHIR Binary: JSON when asked for FHIR/JSON, else its own bytes
     and content type (R4 binary.html#rest)."""
     _check_id(raw_id, "id")
-    await authorize_feed(request, "read", "Binary")
     payload = await ingestor(request).raw.get(raw_id)
     if payload is None:
-        raise NotFound(f"Binary/{raw_id} is not known")
+        # Not a stored payload: an ordinary Binary resource, read with the ordinary rules.
+        return await fhir.read(request, "Binary", raw_id)
+    await authorize_feed(request, "read", "Binary")
     if _wants_fhir(request):
         return FhirResponse(payload.as_binary(), 200, pretty=is_pretty(request))
     return Response(payload.data, 200, media_type=payload.content_type or HL7V2_ER7)

@@ -114,13 +114,27 @@ def _replace_slices(incoming: list[JsonDict], stored: list[JsonDict], key: str) 
     return [*copy.deepcopy(incoming), *kept]
 
 
+def _selected(item: Any, key: str, value: str) -> bool:
+    """`item[key=value]`: a plain field equal to value, or a CodeableConcept field (such as
+    Identifier.type) with a coding whose code is value."""
+    if not isinstance(item, dict):
+        return False
+    field = item.get(key)
+    if isinstance(field, dict):
+        codings = field.get("coding")
+        return isinstance(codings, list) and any(
+            isinstance(c, dict) and c.get("code") == value for c in codings
+        )
+    return field is not None and str(field) == value
+
+
 def _remove(resource: JsonDict, path: str) -> None:
     if "[" in path and path.endswith("]"):
         name, selector = path[:-1].split("[", 1)
         key, _, value = selector.partition("=")
         items = resource.get(name)
         if isinstance(items, list):
-            remaining = [item for item in items if str(item.get(key)) != value]
+            remaining = [item for item in items if not _selected(item, key, value)]
             if remaining:
                 resource[name] = remaining
             else:

@@ -13,8 +13,8 @@ from pymongo import AsyncMongoClient
 
 from app.fhir.bundle import BundleProcessor
 from app.fhir.interactions import Interactions
-from app.fhir.matching import BasicMatcher
 from app.fhir.outcome import Conflict
+from app.fhir.search.execute import SearchEngine
 from app.store.client import EmbeddedServer
 from app.store.versions import Store
 from tests.fhir.test_bundle_env import BASE, Env, env, mongo, patient, post, urn
@@ -107,7 +107,7 @@ def test_clients_in_separate_threads_with_their_own_connections(database: Embedd
         )
         try:
             store = Store(client[name])
-            processor = BundleProcessor(Interactions(store, BasicMatcher(store)))
+            processor = BundleProcessor(Interactions(store, SearchEngine(store).match_ids))
             for _ in range(3):
                 await processor.process(encounter_bundle(mrn), base_url=BASE, max_entries=10)
         finally:

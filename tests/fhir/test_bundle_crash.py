@@ -29,7 +29,7 @@ from datetime import UTC
 from pymongo import AsyncMongoClient
 from app.fhir.bundle import BundleProcessor
 from app.fhir.interactions import Interactions
-from app.fhir.matching import BasicMatcher
+from app.fhir.search.execute import SearchEngine
 from app.store.versions import Store, WriteBatch
 from benchmarks.transaction_ingest import synthea_like_bundle
 
@@ -44,7 +44,7 @@ WriteBatch.flush = announced_flush
 async def main(uri, size):
     client = AsyncMongoClient(uri, tz_aware=True, tzinfo=UTC)
     store = Store(client["crash"])
-    processor = BundleProcessor(Interactions(store, BasicMatcher(store)))
+    processor = BundleProcessor(Interactions(store, SearchEngine(store).match_ids))
     bundle = synthea_like_bundle(random.Random(3), size)
     print("start", flush=True)
     await processor.process(bundle, base_url="http://x/fhir", max_entries=100000)

@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 
 from app.fhir.bundle import BundleProcessor
 from app.fhir.interactions import Interactions
-from app.fhir.matching import BasicMatcher
+from app.fhir.search.execute import SearchEngine
 from app.store.client import EmbeddedServer
 from app.store.versions import Store
 
@@ -78,7 +78,7 @@ async def env(mongo: AsyncMongoClient[JsonDict]) -> AsyncIterator[Env]:
     name = f"bundle_{uuid.uuid4().hex[:12]}"
     store = Store(mongo[name])
     await store.ensure_indexes([])
-    interactions = Interactions(store, BasicMatcher(store))
+    interactions = Interactions(store, SearchEngine(store).match_ids)
     yield Env(store, interactions, BundleProcessor(interactions, make_search(interactions)))
     await mongo.drop_database(name)
 

@@ -584,3 +584,28 @@ def test_identifier_without_authority_is_scoped_to_the_sending_facility() -> Non
     }
     other_facility = one(run(raw.replace("1.2.3.4", "1.2.3.5")), "Patient")
     assert other_facility["id"] != patient["id"]
+
+
+def test_empty_quotes_in_pid_20_clear_the_drivers_licence_only() -> None:
+    """PID-20 `""` removes the stored DL identifier (selected by Identifier.type's code) and
+    keeps the others."""
+    dl_type = {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "DL"}]
+    }
+    existing = {
+        "resourceType": "Patient",
+        "id": "p",
+        "identifier": [
+            {"system": "urn:mrn", "value": "1"},
+            {"type": dl_type, "value": "D123"},
+        ],
+    }
+    incoming = {
+        "resourceType": "Patient",
+        "id": "p",
+        "identifier": [{"system": "urn:mrn", "value": "1"}],
+    }
+    merged = merge_resource(
+        existing, incoming, MergePlan(cleared=frozenset({"identifier[type=DL]"}))
+    )
+    assert merged["identifier"] == [{"system": "urn:mrn", "value": "1"}]
