@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 
 from app.api.access import authorize
-from app.audit.chain import EVENTS, SEARCH_PARAMETERS, seq_key
+from app.audit.chain import EVENTS, REFUSED_MODIFIERS, SEARCH_PARAMETERS, seq_key
 from app.context import Services
 from app.fhir.outcome import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from app.fhir.search.parse import RESULT_PARAMETERS
@@ -77,7 +77,13 @@ async def authorize_auditor(request: Request, interaction: PolicyInteraction) ->
 def check_parameters(items: list[tuple[str, str]]) -> None:
     offered = SEARCH_PARAMETERS | RESULT_PARAMETERS
     for name, _ in items:
-        base = name.split(":", 1)[0].split(".", 1)[0]
+        base, _, modifier = name.partition(":")
+        base = base.split(".", 1)[0]
+        if modifier in REFUSED_MODIFIERS:
+            raise BadRequest(
+                f"AuditEvent search does not offer :{modifier}; use the plain parameter",
+                expression=[name[:60]],
+            )
         if base not in offered:
             raise BadRequest(
                 f"AuditEvent search supports {', '.join(sorted(SEARCH_PARAMETERS))}; "

@@ -47,6 +47,18 @@ CHECKPOINTS = "audit_checkpoints"
 GENESIS = "0" * 64
 
 
+# Key variants kept for the audit log: plain values, date bounds, string prefixes and exact
+# strings, identifiers. The `:text` prefix lists and `:contains` grams would double the cost of
+# every audited request, so those modifiers are not offered on AuditEvent.
+AUDIT_KEY_SUFFIXES = frozenset({"", "lo", "hi", "p", "x", "identifier"})
+REFUSED_MODIFIERS = frozenset({"text", "contains"})
+
+
+def search_keys(event: JsonDict) -> JsonDict:
+    keys = build_index(event, text_search=False, only=SEARCH_PARAMETERS)
+    return {k: v for k, v in keys.items() if k.partition(":")[2] in AUDIT_KEY_SUFFIXES}
+
+
 def seq_key(seq: int) -> str:
     """The `_id` of event `seq`: zero-padded text, so that string order is sequence order and
     the documents have the string ids the search engine pages by, as a FHIR store's do."""
@@ -112,7 +124,7 @@ def link(
             "resource": resource,
             "recorded": recorded_of(event),
             "compartments": event_patients(event),
-            "s": build_index(resource, text_search=False, only=SEARCH_PARAMETERS),
+            "s": search_keys(resource),
             "deleted": False,
             "batch": batch,
             "writer": writer,
