@@ -117,7 +117,8 @@ async def _start(request: Request, params: Mapping[str, str]) -> Response:
         return RedirectResponse(exc.location, 302)
     session_id, csrf = await security.sessions.create(pending)
     response = _page(
-        pages.login_page(client_name=pending["client_name"], scope=pending["scope"], csrf=csrf)
+        pages.login_page(client_name=pending["client_name"], scope=pending["scope"], csrf=csrf),
+        redirect_uri=pending["redirect_uri"],
     )
     response.set_cookie(
         SESSION_COOKIE,
@@ -150,12 +151,14 @@ async def _login(
                 error="Unknown user or wrong password.",
             ),
             401,
+            redirect_uri=pending["redirect_uri"],
         )
     patient = pending.get("patient") or (user.patient_id if pending["needs_patient"] else None)
     if pending["needs_patient"] and patient is None:
         await security.sessions.update(session_id, {"username": user.username})
         return _page(
-            pages.patient_picker(patients=await list_patients(security.db), csrf=session["csrf"])
+            pages.patient_picker(patients=await list_patients(security.db), csrf=session["csrf"]),
+            redirect_uri=pending["redirect_uri"],
         )
     return await _finish(security, session_id, pending, user.username, patient)
 
@@ -175,6 +178,7 @@ async def _pick_patient(
                 error="Choose a stored patient.",
             ),
             400,
+            redirect_uri=session["request"]["redirect_uri"],
         )
     return await _finish(security, session_id, session["request"], username, chosen)
 
@@ -274,5 +278,6 @@ def _single_values(items: list[tuple[str, str]]) -> tuple[dict[str, str], str | 
     return values, None
 
 
-def _page(html: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(html, status, headers=pages.SECURITY_HEADERS)
+def _page(html: str, status: int = 200, *, redirect_uri: str | None = None) -> HTMLResponse:
+    """An HTML page; `redirect_uri`, for pages whose forms end in a redirect to the app."""
+    return HTMLResponse(html, status, headers=pages.security_headers(redirect_uri))

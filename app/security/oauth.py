@@ -27,7 +27,12 @@ from app.security.grants import AuthorizationContext, new_grant_id, utcnow
 from app.security.policy import authenticate
 from app.security.scopes import ScopeSet, parse_scopes
 from app.security.service import Security
-from app.security.tokens import issue_access_token, issue_id_token, verify_access_token
+from app.security.tokens import (
+    TokenClaims,
+    issue_access_token,
+    issue_id_token,
+    verify_access_token,
+)
 from app.security.users import User
 
 JsonDict = dict[str, Any]
@@ -54,7 +59,11 @@ async def authenticate_client(
         if basic is not None:
             raise _client_error("use one client authentication method, not several")
         if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
-            raise _client_error(f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}")
+            # A malformed request (400), as the SMART Backend Services test kit expects; the
+            # client has not yet failed to prove who it is.
+            raise OAuthError(
+                "invalid_request", f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}"
+            )
         client_id = peek_client_id(assertion)
         client = await _known_client(security, client_id, form)
         if client.client_type != "confidential-asymmetric":
@@ -477,13 +486,30 @@ async def introspect(
     return answer
 
 
-async def _introspect_access_token(security: Security, presented: str) -> JsonDict | None:
+async def _own_access_token(security: Security, presented: str) -> TokenClaims | None:
+    """The claims of a valid access token of this server; None if it is not one."""
     config = security.config
     try:
-        claims = verify_access_token(
+        return verify_access_token(
+            presented, security.keys.ring, issuer=config.issuer, audience=config.base
+        )
+    except OAuthError as exc:
+        # Another instance may have rotated the signing key since we loaded the ring; without
+        # the reload its fresh tokens would introspect inactive and revocations be lost.
+        if exc.reason != "unknown_kid" or not await security.keys.reload_if_stale():
+            return None
+    try:
+        return verify_access_token(
             presented, security.keys.ring, issuer=config.issuer, audience=config.base
         )
     except OAuthError:
+        return None
+
+
+async def _introspect_access_token(security: Security, presented: str) -> JsonDict | None:
+    config = security.config
+    claims = await _own_access_token(security, presented)
+    if claims is None:
         return None
     grant_id = claims.extra.get("grant_id")
     if await security.revocations.is_revoked(
@@ -545,13 +571,7 @@ async def revoke(security: Security, form: Mapping[str, str], authorization: str
     presented = form.get("token")
     if not presented:
         raise OAuthError("invalid_request", "token is required", reason="missing_token")
-    config = security.config
-    try:
-        claims = verify_access_token(
-            presented, security.keys.ring, issuer=config.issuer, audience=config.base
-        )
-    except OAuthError:
-        claims = None
+    claims = await _own_access_token(security, presented)
     if claims is not None:
         if claims.client_id == caller.client.client_id and claims.jti:
             await security.revocations.revoke_token(claims.jti, claims.expires_at)

@@ -7,16 +7,36 @@ Every value is escaped; the pages are sent with a CSP that forbids scripts and f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from html import escape
+from urllib.parse import urlsplit
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-    "form-action 'self'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-}
+# What may stand as a CSP host-source: a DNS name or IP literal and an optional port. Anything
+# else (userinfo, spaces, `;`) could break or extend the policy, so it is left out.
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def security_headers(redirect_uri: str | None = None) -> dict[str, str]:
+    """The headers of every page. `redirect_uri` is where the page's forms end up.
+
+    CSP `form-action` also governs the redirects that follow a form post: a browser blocks the
+    final 303 to the app unless the app's origin is listed too, and the sign-in would stop
+    on the last page.
+    """
+    form_action = "'self'"
+    if redirect_uri:
+        parts = urlsplit(redirect_uri)
+        if parts.scheme in ("http", "https") and _HOST_PORT.fullmatch(parts.netloc):
+            form_action += f" {parts.scheme}://{parts.netloc}"
+    return {
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+        f"form-action {form_action}; frame-ancestors 'none'",
+        "X-Frame-Options": "DENY",
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+    }
+
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}"

@@ -247,8 +247,10 @@ def _combine(terms: list[tuple[str | None, Criteria]]) -> tuple[str | None, tupl
     if any(not criteria for criteria in alternatives):
         return chosen, ()
     # Drop alternatives implied by a less restrictive one (a superset of its criteria).
+    # dict.fromkeys, not set: the scopes' own order survives, so the criteria are the same
+    # on every run (a set's order changes with the hash seed).
     kept: list[Criteria] = []
-    for alternative in sorted(set(alternatives), key=len):
+    for alternative in sorted(dict.fromkeys(alternatives), key=len):
         if not any(set(k) <= set(alternative) for k in kept):
             kept.append(alternative)
     return chosen, tuple(kept)

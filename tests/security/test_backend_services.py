@@ -189,7 +189,8 @@ async def test_wrong_assertion_type_and_unknown_client_are_rejected(
             "client_assertion": signed,
         },
     )
-    expect_invalid_client(wrong_type)
+    assert wrong_type.status_code == 400
+    assert wrong_type.json()["error"] == "invalid_request"
     expect_invalid_client(token_request(http, assertion(key, "RS384", "nobody", live.token_url)))
 
 
