@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_security_commands(commands, _common)
     from app.audit.cli import add_audit_commands
+    from app.ingest.cli import add_ingest_commands
+
+    add_ingest_commands(commands, _common)
 
     add_audit_commands(commands, common=_common)
     return parser
@@ -156,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command in SECURITY_COMMANDS:
         return run_security_command(args, settings)
+    if args.command == "ingest":
+        from app.ingest.cli import run_ingest_command
+
+        return run_ingest_command(args, settings)
     if args.command == "audit":
         from app.audit.cli import audit_main
 

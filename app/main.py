@@ -31,6 +31,8 @@ from app.fhir.outcome import (
     ServiceUnavailable,
 )
 from app.fhir.search.execute import SearchEngine
+from app.ingest.csv_ingest import CsvIngestor
+from app.ingest.dicom_ingest import DicomIngestor, DicomSettings
 from app.ingest.listener import audited_mllp_server
 from app.ingest.mllp import MllpSettings
 from app.ingest.service import Hl7v2Ingestor, IngestSettings
@@ -90,12 +92,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             interactions = Interactions(
                 store, engine.match_ids, max_json_depth=settings.max_json_depth
             )
-            raw = RawStore(database.db)
+            raw = RawStore(database.db, inline_limit=settings.raw_inline_bytes)
             await raw.ensure_indexes()
             ingestor = Hl7v2Ingestor(
                 interactions, raw, IngestSettings(max_message_bytes=settings.mllp_max_frame_bytes)
             )
             app.state.ingest = ingestor
+            app.state.csv_ingest = CsvIngestor(interactions, raw, matcher=engine.match_ids)
+            app.state.dicom_ingest = DicomIngestor(
+                interactions,
+                raw,
+                DicomSettings(
+                    wado_base_url=settings.wado_base_url or None,
+                    keep="header" if settings.dicom_keep == "header" else "file",
+                ),
+                matcher=engine.match_ids,
+            )
             app.state.services = Services(
                 settings=settings,
                 database=database,

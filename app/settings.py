@@ -46,6 +46,12 @@ class Settings:
     mllp_port: int = 0
     mllp_host: str = ""
     mllp_max_frame_bytes: int = 8 * 1024 * 1024
+    # Ingestion of CSV extracts and DICOM files.
+    wado_base_url: str = ""
+    dicom_keep: str = "file"  # or "header": keep only the bytes before pixel data
+    raw_inline_bytes: int = 4 * 1024 * 1024  # larger payloads go to GridFS
+    max_csv_bytes: int = 8 * 1024**3
+    max_dicom_bytes: int = 2 * 1024**3
     # AuditEvent for every access (HESTIA_AUDIT=off only for benchmarks and development).
     audit: bool = True
     audit_retention_days: int = 2190
@@ -76,6 +82,11 @@ class Settings:
             mllp_port=_env_int("MLLP_PORT", 0),
             mllp_host=_env("MLLP_HOST", ""),
             mllp_max_frame_bytes=_env_int("MLLP_MAX_FRAME_BYTES", cls.mllp_max_frame_bytes),
+            wado_base_url=_env("WADO_BASE_URL", ""),
+            dicom_keep=_env("DICOM_KEEP", cls.dicom_keep),
+            raw_inline_bytes=_env_int("RAW_INLINE_BYTES", cls.raw_inline_bytes),
+            max_csv_bytes=_env_int("MAX_CSV_BYTES", cls.max_csv_bytes),
+            max_dicom_bytes=_env_int("MAX_DICOM_BYTES", cls.max_dicom_bytes),
             audit=_env_bool("AUDIT", True),
             audit_retention_days=_env_int("AUDIT_RETENTION_DAYS", cls.audit_retention_days),
             audit_window_ms=_env_int("AUDIT_WINDOW_MS", cls.audit_window_ms),

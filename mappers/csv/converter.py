@@ -17,6 +17,7 @@ import codecs
 import csv
 import io
 import json
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,13 @@ class Rejection:
     line: int
     column: str | None
     reason: str
+    # The row's cells as read, so the rejected row can be shown and fixed later.
+    row: tuple[str, ...] = ()
+
+    def row_text(self) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="").writerow(self.row)
+        return buffer.getvalue()
 
     def to_issue(self) -> JsonDict:
         where = [self.column] if self.column else None
@@ -64,6 +72,10 @@ class RowResult:
     rejection: Rejection | None = None
     duplicate_of: int | None = None
     issues: list[JsonDict] = field(default_factory=list)
+    # (column, "Type/id") references the map says must exist on the server; the converter
+    # cannot see the server, so the ingestion layer checks them and may reject the row.
+    must_exist: list[tuple[str, str]] = field(default_factory=list)
+    row: tuple[str, ...] = ()
 
 
 @dataclass
@@ -163,13 +175,16 @@ class _RowMapper:
             if name in csv_map.columns
         ]
         self.absent = [c for c in csv_map.columns.values() if c.name not in self.header]
+        self.existing = [
+            c.name for c in csv_map.columns.values() if c.must_exist and c.name in self.header
+        ]
         self.seen: dict[str, tuple[int, int]] = {}
 
     def map_row(self, line: int, row: list[str]) -> RowResult:
         result = RowResult(line=line)
         if len(row) != len(self.header):
             result.rejection = Rejection(
-                line, None, f"expected {len(self.header)} fields, found {len(row)}"
+                line, None, f"expected {len(self.header)} fields, found {len(row)}", tuple(row)
             )
             return result
         raw: dict[str, str] = {}
@@ -202,7 +217,7 @@ class _RowMapper:
             if self.map.value is not None:
                 self._apply_value(resource, raw, line, result)
         except _Reject as rej:
-            result.rejection = Rejection(line, rej.column, rej.reason)
+            result.rejection = Rejection(line, rej.column, rej.reason, tuple(row))
             result.issues.clear()
             return result
 
@@ -231,10 +246,15 @@ class _RowMapper:
                 None,
                 f"same id as line {previous[0]} ({', '.join(self.map.id_columns)}) "
                 "but different content",
+                tuple(row),
             )
             result.issues.clear()
             return result
         self._remember(resource_id, line, fingerprint)
+        result.row = tuple(row)
+        result.must_exist = [
+            (name, cells[name]) for name in self.existing if isinstance(cells.get(name), str)
+        ]
         if resource["resourceType"] != self.map.resource:
             raise ValueError(f"map '{self.map.name}' template builds {resource['resourceType']}")
         result.entry = {
@@ -369,6 +389,93 @@ def iter_rows(
         if report is not None:
             report.add(result)
         yield result
+
+
+class _Lines:
+    """An iterator that may run dry and be refilled: csv.reader asks it for the next line and
+    simply stops when it is empty, ready to continue once more complete records arrive."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque()
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if not self.lines:
+            raise StopIteration
+        return self.lines.popleft()
+
+
+class CsvStream:
+    """Incremental conversion for push-style input (an upload read block by block).
+
+    `feed(text)` maps every record completed by `text` and keeps the unfinished tail; a
+    record ends at a line break outside quotes, so a quoted field spanning lines is never
+    cut. Line numbers are the file's physical lines, as with `iter_rows`.
+    """
+
+    def __init__(self, csv_map: CsvMap, report: ConversionReport | None = None) -> None:
+        self.map = csv_map
+        self.report = report
+        self._lines = _Lines()
+        self._reader = csv.reader(self._lines)
+        self._mapper: _RowMapper | None = None
+        self._tail = ""
+        self._in_quotes = False  # quote state at the end of `_tail`'s scanned part
+        self._scanned = 0
+
+    @property
+    def header(self) -> list[str]:
+        return self._mapper.header if self._mapper is not None else []
+
+    def feed(self, text: str) -> list[RowResult]:
+        self._tail += text
+        cut = self._complete_prefix()
+        if cut == 0:
+            return []
+        complete, self._tail = self._tail[:cut], self._tail[cut:]
+        self._scanned = 0
+        self._in_quotes = False
+        self._lines.lines.extend(io.StringIO(complete, newline=""))
+        return self._drain()
+
+    def close(self) -> list[RowResult]:
+        """Map what is left (a last record without a final line break)."""
+        if self._tail:
+            self._lines.lines.extend(io.StringIO(self._tail, newline=""))
+            self._tail = ""
+        results = self._drain()
+        if self._mapper is None:
+            raise BadRequest("CSV payload is empty: no header line")
+        return results
+
+    def _complete_prefix(self) -> int:
+        """Length of the longest prefix of `_tail` made of complete records."""
+        text, in_quotes, cut = self._tail, self._in_quotes, 0
+        for index in range(self._scanned, len(text)):
+            char = text[index]
+            if char == '"':
+                in_quotes = not in_quotes  # "" inside quotes toggles twice: parity holds
+            elif char == "\n" and not in_quotes:
+                cut = index + 1
+        # Everything scanned stays scanned; the cut restarts the scan at the new tail.
+        self._scanned, self._in_quotes = len(text), in_quotes
+        return cut
+
+    def _drain(self) -> list[RowResult]:
+        results = []
+        for row in self._reader:
+            if self._mapper is None:
+                self._mapper = _RowMapper(self.map, row)
+                continue
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            result = self._mapper.map_row(self._reader.line_num, row)
+            if self.report is not None:
+                self.report.add(result)
+            results.append(result)
+        return results
 
 
 def iter_bundles(

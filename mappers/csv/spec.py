@@ -4,7 +4,8 @@ A map declares:
 - `name`, `resource`, and `signature` (header columns that identify the feed);
 - `id`: `namespace` + key `columns` → deterministic id (uuid5), so re-uploads are no-ops;
 - `columns`: per column a `type` (string, id, date, datetime, decimal, integer, code,
-  reference), `required` (empty → row rejected), `expected` (empty → data-quality
+  reference), `required` (empty → row rejected), `exists` (a reference that must name a
+  resource already stored, checked by the ingestion layer), `expected` (empty → data-quality
   warning), `lookup` (code → value table in `lookups`), `known` (code missing from the
   lookup → row rejected), `default`, and for references `target` and `namespace`;
 - `value` (optional, Observation): the value / unit / kind / code columns and the target
@@ -68,6 +69,8 @@ class Column:
     default: str | None = None
     target: str | None = None
     namespace: str | None = None
+    # A reference that must name a resource already on the server (checked at ingestion).
+    must_exist: bool = False
 
     def parse(self, raw: str, default_zone: str | None) -> Any:
         """Typed value of a non-empty cell; raises CellError."""
@@ -231,7 +234,10 @@ def compile_map(doc: dict[str, Any]) -> CsvMap:
             default=spec.get("default"),
             target=spec.get("target"),
             namespace=spec.get("namespace"),
+            must_exist=bool(spec.get("exists", False)),
         )
+        if columns[name].must_exist and kind != "reference":
+            raise ValueError(f"column '{name}': only a reference can be required to exist")
     id_columns = tuple(doc["id"]["columns"])
     for name in (*id_columns, *doc["signature"]):
         _check(name, columns)
