@@ -87,19 +87,23 @@ def _exit_quietly(signum: int, frame: object) -> None:
 
 
 def serve(settings: Settings, workers: int) -> int:
+    from app.store.client import start_embedded
+
+    embedded = None
+    if not settings.mongodb_uri:
+        # Launched first, so the database boots while the app's modules import.
+        embedded = start_embedded(settings.data_dir, settings.fhir_base, wait=False)
     import uvicorn
 
     from app.main import create_app
-    from app.store.client import start_embedded
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    embedded = None
-    if not settings.mongodb_uri:
+    if embedded is not None:
         # Started here rather than in the app's lifespan so that several worker processes
         # share one database, and so that it is stopped exactly once.
-        embedded = start_embedded(settings.data_dir, settings.fhir_base)
+        embedded.wait_ready()
         settings = replace(settings, mongodb_uri=embedded.uri)
         print(f"Database: embedded SecantusDB in {settings.data_dir / 'db'}", flush=True)
     else:

@@ -73,6 +73,13 @@ class EmbeddedServer:
 
     @classmethod
     def start(cls, storage_path: str, *, log_path: Path | None = None) -> EmbeddedServer:
+        server = cls.launch(storage_path, log_path=log_path)
+        server.wait_ready()
+        return server
+
+    @classmethod
+    def launch(cls, storage_path: str, *, log_path: Path | None = None) -> EmbeddedServer:
+        """Start the process without waiting for it to accept connections (see wait_ready)."""
         port = free_port()
         if storage_path != ":memory:":
             Path(storage_path).mkdir(parents=True, exist_ok=True)
@@ -95,9 +102,7 @@ class EmbeddedServer:
         )
         if log_path:
             log_file.close()
-        server = cls(storage_path=storage_path, port=port, process=process)
-        server.wait_ready()
-        return server
+        return cls(storage_path=storage_path, port=port, process=process)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -165,11 +170,16 @@ def publish_runtime(data_dir: Path, uri: str, fhir_base: str = "") -> Path:
     return path
 
 
-def start_embedded(data_dir: Path, fhir_base: str = "") -> EmbeddedServer:
+def start_embedded(data_dir: Path, fhir_base: str = "", *, wait: bool = True) -> EmbeddedServer:
     """Start the embedded server on DATA_DIR/db and publish its URI (and the server's FHIR
-    base URL, the token audience) for other commands on the same data dir."""
+    base URL, the token audience) for other commands on the same data dir.
+
+    With `wait=False` the caller overlaps its own start-up with the database's and calls
+    `wait_ready()` before using it."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedServer.start(str(data_dir / "db"), log_path=data_dir / "db.log")
+    server = EmbeddedServer.launch(str(data_dir / "db"), log_path=data_dir / "db.log")
+    if wait:
+        server.wait_ready()
     server.runtime_file = publish_runtime(data_dir, server.uri, fhir_base)
     return server
 
