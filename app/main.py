@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -72,7 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publish=True,
         )
         feed = ChangeFeed(database.db)
-        indexing: asyncio.Task[None] | None = None
         try:
             await database.ping()
             if audit_log is not None:
@@ -82,11 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             feed.subscribe(cache)
             store = Store(database.db, cache)
             await store.ensure_indexes(sorted(model.STORABLE_TYPES))
-            # Indexes only make searches fast, never correct: build them while already serving.
-            indexing = asyncio.create_task(
-                ensure_search_indexes(store, sorted(model.STORABLE_TYPES)), name="search-indexes"
-            )
-            indexing.add_done_callback(_report_index_failure)
+            # Awaited, not built in the background: index DDL concurrent with the first
+            # multi-document transactions stalls the embedded server. Idempotent and quick
+            # (about 0.3 s) once the indexes exist.
+            await ensure_search_indexes(store, sorted(model.STORABLE_TYPES))
             cursor_secret = await shared_secret(database, "cursor")
             engine = SearchEngine(store, cursor_secret=cursor_secret)
             audit_store = Store(database.client[audit_database_name(settings.database)])
@@ -148,8 +145,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if mllp is not None:
                     await mllp.stop()
         finally:
-            if indexing is not None and not indexing.done():
-                indexing.cancel()
             await feed.stop()
             if audit_log is not None:
                 await audit_log.stop()
@@ -180,11 +175,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         log.warning("AUDIT IS OFF (HESTIA_AUDIT=off): accesses are not recorded")
     return app
-
-
-def _report_index_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("search indexes could not be created: %s", type(task.exception()).__name__)
 
 
 async def open_security(settings: Settings, database: Database) -> Security | None:

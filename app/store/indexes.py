@@ -15,14 +15,25 @@ real workloads filter on get one:
 Other parameters still work: their filter is evaluated on the documents an indexed condition
 found, or on a collection scan when the search has no indexed condition at all.
 
-Indexes are single-field: `s.*` fields are arrays and MongoDB refuses a compound index over two
-array fields of one document. Creating them is idempotent and takes about 1 ms per index on an
-empty collection, so `ensure_search_indexes` runs at start-up for every type.
+Equality-searched keys (tokens, references, string prefixes, `compartments`) get a compound
+index `(key, deleted, _id)`; the range-searched date ends stay single-field. The compound form
+serves `{key: v, deleted: false}` in `_id` order, the default result order, so a page reads only
+the next `_count + 1` entries: MongoDB walks the index and stops at the limit, and the embedded
+server (which loads every match before it limits) serves the bounded `_id` windows of
+fhir/search/windows.py from one index range. Measured with 85,000 Observations:
+`Observation?code=X&_count=50` went from ~800 ms per page (all 10,000 matches loaded) to the
+cost of one window. MongoDB allows one array field per compound index: `s.*` and
+`compartments` are arrays, `deleted` and `_id` are scalars. Two `s.*` keys never share an index.
+
+Creating indexes is idempotent and takes about 1 ms per index on an empty collection, so
+`ensure_search_indexes` runs at start-up for every type; it also drops the single-field indexes
+earlier versions created on the same keys, which only slow writes now.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 from pymongo import ASCENDING, IndexModel
 
@@ -34,6 +45,30 @@ _PERSON_TYPES = frozenset({"Patient", "Practitioner", "RelatedPerson", "Person"}
 _DIRECTORY_TYPES = frozenset(
     {"Organization", "Location", "HealthcareService", "Endpoint", "InsurancePlan"}
 )
+
+
+KEYSET_SUFFIX = ("deleted", "_id")
+
+
+def _is_range_field(name: str) -> bool:
+    return name.endswith((":lo", ":hi"))
+
+
+def index_name(field_name: str) -> str:
+    return field_name if _is_range_field(field_name) else f"{field_name}+deleted+_id"
+
+
+def index_keys(field_name: str) -> list[tuple[str, int]]:
+    if _is_range_field(field_name):
+        return [(field_name, ASCENDING)]
+    return [(field_name, ASCENDING), *((f, ASCENDING) for f in KEYSET_SUFFIX)]
+
+
+@cache
+def keyset_fields(resource_type: str) -> frozenset[str]:
+    """Fields with a `(field, deleted, _id)` index: `{field: v, deleted: false}` pages by `_id`
+    from one index range."""
+    return frozenset(f for f in search_index_fields(resource_type) if not _is_range_field(f))
 
 
 def search_index_fields(resource_type: str) -> list[str]:
@@ -70,7 +105,18 @@ async def ensure_search_indexes(store: Store, resource_types: Sequence[str]) -> 
     """Create the search indexes of each type (no-op for those that exist)."""
     for resource_type in resource_types:
         fields = search_index_fields(resource_type)
-        if fields:
-            await store.current(resource_type).create_indexes(
-                [IndexModel([(f, ASCENDING)], name=f) for f in fields]
-            )
+        if not fields:
+            continue
+        collection = store.current(resource_type)
+        wanted = {index_name(f) for f in fields}
+        existing = [index["name"] async for index in await collection.list_indexes()]
+        for name in existing:
+            if _is_ours(name) and name not in wanted:
+                await collection.drop_index(name)
+        await collection.create_indexes(
+            [IndexModel(index_keys(f), name=index_name(f)) for f in fields]
+        )
+
+
+def _is_ours(name: str) -> bool:
+    return name.startswith("s.") or name.startswith("compartments")

@@ -8,9 +8,13 @@ and what the app re-checks (plan.py), pages by keyset (paging.py), adds `_includ
 Restrictions are applied to every query it runs, matches, includes and subqueries alike:
 `deleted: False`, the compartment of a compartment search, and the patient scope.
 
-`_total`: `accurate` counts on every page; `none` never counts; the default (and `estimate`)
-counts on the first page and carries that number in the paging cursor, so following pages cost
-no count. A first page that holds every match needs no count at all.
+`_total`: `accurate` counts on every page; `none` never counts; `estimate` counts on the first
+page and carries that number in the paging cursor, so following pages cost no count. By default
+a first page that holds every match reports their number and any other page none: Bundle.total
+is optional in R4, and a count loads every match on the embedded server.
+
+Pages in the default `_id` order over a filter one `(field, deleted, _id)` index serves are read
+in bounded `_id` windows (windows.py), so a page loads about `_count` documents, not every match.
 
 System search without `_type` searches every type that has stored resources (one indexed query
 per such type and page); with `_type` only those types. A parameter that exists for some of the
@@ -34,6 +38,8 @@ from app.fhir.search.paging import CURSOR_PARAM, Cursor, CursorCodec, query_id
 from app.fhir.search.parameters import Registry, registry
 from app.fhir.search.parse import RESULT_PARAMETERS, SearchQuery, parse
 from app.fhir.search.plan import SortOrder, Split, field_values, split
+from app.fhir.search.windows import WidthHints, read_windows
+from app.store.indexes import keyset_fields
 from app.store.versions import Store, instant, now_utc
 
 JsonDict = dict[str, Any]
@@ -89,6 +95,8 @@ class SearchEngine:
         self.registry = search_registry or registry()
         self.codec = CursorCodec(cursor_secret)
         self.known_types = model.STORABLE_TYPES
+        self.width_hints = WidthHints()
+        self._selective_fields: dict[str, frozenset[str]] = {}
 
     # --- public API ----------------------------------------------------------------------------
 
@@ -336,7 +344,7 @@ class SearchEngine:
         scope_tail = self._scope_tail(patient_scope)
 
         async def find_values(rtype: str, flt: JsonDict, wanted: str, limit: int) -> list[str]:
-            part = split(flt, tail=scope_tail)
+            part = split(flt, tail=scope_tail, selective=self._selective(rtype))
             docs = await self._select(rtype, part, {wanted} | part.fields(), limit, resource=False)
             values: list[str] = []
             for doc in docs:
@@ -344,7 +352,20 @@ class SearchEngine:
             return values
 
         resolved = await resolve_subqueries({"$and": conditions}, find_values)
-        return _TypeSearch(resource_type, query, split(resolved, tail=tail))
+        selective = self._selective(resource_type)
+        return _TypeSearch(resource_type, query, split(resolved, tail=tail, selective=selective))
+
+    def _selective(self, resource_type: str) -> frozenset[str]:
+        """Fields whose one value picks few documents: identifiers and references."""
+        found = self._selective_fields.get(resource_type)
+        if found is None:
+            params = self.registry.for_type(resource_type).items()
+            found = frozenset(
+                {"s.identifier", "compartments"}
+                | {f"s.{code}" for code, p in params if p.param_type == "reference"}
+            )
+            self._selective_fields[resource_type] = found
+        return found
 
     @staticmethod
     def _scope_tail(patient_scope: list[str] | None) -> JsonDict:
@@ -388,7 +409,8 @@ class SearchEngine:
         tail = self._scope_tail(patient_scope)
 
         async def fetch(rtype: str, flt: JsonDict, fields: set[str], limit: int) -> list[Doc]:
-            return await self._select(rtype, split(flt, tail=tail), fields, limit, resource=True)
+            part = split(flt, tail=tail, selective=self._selective(rtype))
+            return await self._select(rtype, part, fields, limit, resource=True)
 
         return fetch
 
@@ -414,6 +436,8 @@ class SearchEngine:
         self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
     ) -> list[Doc]:
         """Up to `want` documents of one type beyond the cursor, nearest to it first."""
+        if order.by_id_only and self._keyset_served(search):
+            return await self._windowed_page(search, order, cursor, want)
         part = Split(dict(search.split.flat), list(search.split.residual))
         forward = cursor is None or cursor.forward
         beyond: tuple[Any, ...] | None = None
@@ -452,6 +476,67 @@ class SearchEngine:
             kept.sort(key=lambda d: order.key(d, search.resource_type), reverse=True)
         return kept[:want]
 
+    @staticmethod
+    def _keyset_served(search: _TypeSearch) -> bool:
+        """Whether the database filter is one `(field, deleted, _id)` index prefix (see
+        store/indexes.py). Windows over any other filter would reload the driving clause's
+        matches once per window on the embedded server."""
+        flat = search.split.flat
+        if len(flat) != 2 or flat.get("deleted") is not False:
+            return False
+        ((name, condition),) = [(k, v) for k, v in flat.items() if k != "deleted"]
+        plain = not isinstance(condition, dict | list)
+        return plain and name in keyset_fields(search.resource_type)
+
+    async def _windowed_page(
+        self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
+    ) -> list[Doc]:
+        """`_type_page` for the `_id` order, read in bounded `_id` windows (see windows.py)."""
+        part = search.split
+        if _impossible(part.flat):
+            return []
+        forward = cursor is None or cursor.forward
+        ((_, direction),) = order.spec
+        upward = (direction == 1) == forward
+        start: str | None = None
+        inclusive = False
+        if cursor is not None:
+            bound, _ = order.bound(cursor.key, search.resource_type, forward=forward)
+            assert bound is not None  # an `_id` order always has an exact bound
+            ((operator, value),) = bound["_id"].items()
+            start, inclusive = str(value), operator.endswith("e")
+        collection = self.store.current(search.resource_type)
+        projection = self._projection(search.fields | part.fields(), resource=True)
+        sort = [("_id", 1 if upward else -1)]
+
+        async def fetch(window: JsonDict, limit: int) -> list[Doc]:
+            # The window goes last: the embedded server drives a filter it cannot serve from one
+            # compound index by the first indexed field, and that must stay the selective one.
+            flt = {**part.flat, "_id": window} if window else part.flat
+            found = collection.find(flt, projection).sort(sort)
+            if not part.residual:
+                docs: list[Doc] = await found.limit(limit).to_list(None)
+                return docs
+            kept: list[Doc] = []
+            async for doc in found:
+                if part.holds(doc):
+                    kept.append(doc)
+                    if len(kept) >= limit:
+                        break
+            return kept
+
+        shape = (search.resource_type, upward, tuple(sorted(part.flat)), bool(part.residual))
+        docs, hint = await read_windows(
+            fetch,
+            start=start,
+            inclusive=inclusive,
+            forward=upward,
+            want=want,
+            hint=self.width_hints.get(shape),
+        )
+        self.width_hints.learn(shape, hint)
+        return docs
+
     async def _count(self, search: _TypeSearch) -> int:
         part = search.split
         if _impossible(part.flat):
@@ -480,6 +565,10 @@ class SearchEngine:
             return cursor.total
         if cursor is None and controls.count > 0 and not has_more:
             return len(page)
+        if mode is None and controls.count > 0:
+            # Bundle.total is optional (R4 bundle.html); counting loads every match on the
+            # embedded server (10,000 matches: ~800 ms), so it is left out unless asked for.
+            return None
         return sum([await self._count(search) for search in searches])
 
     # --- the bundle ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ lowest), followed by resource type and id, so results have one total order even 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import total_ordering
 from typing import Any
@@ -85,14 +86,14 @@ def _merge(name: str, existing: Any, new: Any) -> Any | None:
     return {**before, **after}
 
 
-def _rank(item: tuple[str, Any]) -> int:
+def _rank(item: tuple[str, Any], selective: Collection[str] = ()) -> int:
     name, condition = item
     if name in _ID_FIRST:
         return 0
     equalities = _equalities(condition)
     if equalities is not None:
         has_reference = any(isinstance(v, str) and "/" in v for v in equalities)
-        return 1 if has_reference else 2
+        return 1 if has_reference or name in selective else 2
     if isinstance(condition, dict) and set(condition) & {"$gt", "$gte", "$lt", "$lte"}:
         return 3
     return 4
@@ -114,8 +115,13 @@ class Split:
         return all(recheck(part, doc) for part in self.residual)
 
 
-def split(node: Any, *, tail: JsonDict | None = None) -> Split:
-    """Flat database filter plus residual conditions; `tail` (compartment, deleted) goes last."""
+def split(node: Any, *, tail: JsonDict | None = None, selective: Collection[str] = ()) -> Split:
+    """Flat database filter plus residual conditions; `tail` (compartment, deleted) goes last.
+
+    Equalities on `selective` fields (references: a patient's data, not a code's) go first with
+    those on `Type/id` values: the embedded server drives a multi-field filter by its first
+    indexed field (measured: patient+code+date driven by code loaded 10,000 Observations,
+    1.5 s; driven by patient, 85)."""
     flat: JsonDict = {}
     residual: list[JsonDict] = []
     if needs_recheck(node):
@@ -134,7 +140,10 @@ def split(node: Any, *, tail: JsonDict | None = None) -> Split:
             residual.append(part)
         else:
             flat[name] = merged
-    ordered = {name: _two_sided(c) for name, c in sorted(flat.items(), key=_rank)}
+    ordered = {
+        name: _two_sided(c)
+        for name, c in sorted(flat.items(), key=lambda item: _rank(item, selective))
+    }
     ordered.update(tail or {})
     return Split(ordered, residual)
 
