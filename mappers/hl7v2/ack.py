@@ -15,6 +15,10 @@ from mappers.hl7v2.parse import Encoding, Message, Segment, component_text, deco
 _STANDARD = Encoding()
 
 
+def _usable(delimiter: str) -> bool:
+    return not (delimiter.isalnum() or delimiter.isspace())
+
+
 def _best_effort_msh(raw: bytes | str) -> tuple[Segment | None, Encoding, str]:
     if isinstance(raw, bytes):
         text, charset, _ = decode(raw)
@@ -25,13 +29,17 @@ def _best_effort_msh(raw: bytes | str) -> tuple[Segment | None, Encoding, str]:
         return None, _STANDARD, charset
     line = text[start:].replace("\r\n", "\r").replace("\n", "\r").split("\r", 1)[0]
     sep = line[3]
+    if not _usable(sep):
+        # Nothing in this header can be read reliably: answer in standard delimiters, echoing
+        # nothing (the sender's fields would come out garbled).
+        return None, _STANDARD, charset
     chars = line[4:8]
     try:
         encoding = Encoding(sep, chars[0], chars[1], chars[2], chars[3])
-        if len({sep, *chars}) != 5:
-            raise ValueError("repeated delimiters")
+        if len({sep, *chars}) != 5 or not all(_usable(c) for c in chars):
+            raise ValueError("repeated or unusable delimiters")
     except (IndexError, ValueError):
-        encoding = Encoding(sep) if sep not in "^~\\&" and not sep.isalnum() else _STANDARD
+        encoding = Encoding(sep) if sep not in "^~\\&" else _STANDARD
     parts = line.split(encoding.field)
     parts.insert(1, encoding.field)
     return Segment("MSH", parts, 1, encoding), encoding, charset

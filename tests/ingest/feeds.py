@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conftest import Wiring
-
 from app.ingest.csv_ingest import CsvIngestor, CsvSettings
 from app.ingest.dicom_ingest import DicomIngestor, DicomSettings
 from app.store.raw import RawSource
+from tests.ingest.conftest import Wiring
 
 CSV_SOURCE = RawSource("http", "127.0.0.1:5000")
 WADO = "https://pacs.example.org/dicom-web"

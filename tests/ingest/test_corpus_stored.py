@@ -18,11 +18,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from conftest import CORPUS, HL7V2, wire
-from ingest_helpers import parse_ack
-
 from app.store.client import EmbeddedServer
 from mappers.hl7v2 import split_batch
+from tests.ingest.conftest import CORPUS, HL7V2, wire
+from tests.ingest.ingest_helpers import parse_ack
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = CORPUS / "expected" / "fhir-converter"

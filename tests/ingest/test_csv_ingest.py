@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, Wiring
-from feeds import CSV_SOURCE, feeds
 
 from app.ingest.csv_ingest import blocks_of
 from app.ingest.writes import current_docs
 from app.store.raw import RawStore
 from mappers.csv import ORIGINAL_QUANTITY_URL, available_maps, compile_map
 from mappers.csv.values import deterministic_id
+from tests.ingest.conftest import CORPUS, Wiring
+from tests.ingest.feeds import CSV_SOURCE, feeds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from csv_ingest import generate_lab_csv, patient_ids

@@ -8,7 +8,8 @@ import io
 import zipfile
 
 import httpx
-from conftest import CORPUS, Wiring
+
+from tests.ingest.conftest import CORPUS, Wiring
 
 PATIENTS_CSV = CORPUS / "csv" / "synthea" / "patients.csv"
 PYDICOM = CORPUS / "dicom" / "pydicom"

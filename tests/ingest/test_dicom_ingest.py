@@ -13,14 +13,14 @@ from typing import Any
 
 import pydicom
 import pytest
-from conftest import CORPUS, Wiring
-from feeds import CSV_SOURCE, WADO, feeds
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from app.ingest.dicom_ingest import pixel_data_offset
 from mappers.dicom import read_dicom_json
 from mappers.dicom.mapping import deterministic_id
+from tests.ingest.conftest import CORPUS, Wiring
+from tests.ingest.feeds import CSV_SOURCE, WADO, feeds
 
 PYDICOM = CORPUS / "dicom" / "pydicom"
 DICOMDIR_TESTS = PYDICOM / "dicomdirtests"

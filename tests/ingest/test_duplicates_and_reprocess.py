@@ -7,8 +7,6 @@ import asyncio
 from typing import Any
 
 import httpx
-from conftest import Wiring, wire
-from ingest_helpers import message, parse_ack
 
 from app.ingest.service import Hl7v2Ingestor, IngestSettings
 from app.store.client import EmbeddedServer
@@ -16,6 +14,8 @@ from app.store.raw import RawSource
 from app.store.versions import now_utc
 from mappers.hl7v2 import Hl7v2Error, MappingResult
 from mappers.hl7v2.messages import map_parsed
+from tests.ingest.conftest import Wiring, wire
+from tests.ingest.ingest_helpers import message, parse_ack
 
 ER7 = "x-application/hl7-v2+er7"
 

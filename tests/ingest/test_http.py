@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 
 import httpx
-from conftest import HL7V2, Wiring
-from ingest_helpers import message, parse_ack, parse_acks
+
+from tests.ingest.conftest import HL7V2, Wiring
+from tests.ingest.ingest_helpers import message, parse_ack, parse_acks
 
 ER7 = "x-application/hl7-v2+er7"
 

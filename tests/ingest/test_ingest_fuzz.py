@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import HL7V2, wire
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest_helpers import parse_ack
 
 from app.store.client import EmbeddedServer
+from tests.ingest.conftest import HL7V2, wire
+from tests.ingest.ingest_helpers import parse_ack
 
 SEED = (HL7V2 / "fhir-converter" / "ADT-A01-01.hl7").read_bytes()
 SPECIAL = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b'""', b"\x0b", b"\x1c", b"\xff", b"MSH"]

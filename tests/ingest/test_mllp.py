@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from conftest import Wiring
-from ingest_helpers import MllpClient, message, parse_ack
 from test_corpus_stored import ALL, _header_control_id
 
 from app.ingest.framing import frame
 from app.ingest.header import read_header
 from app.ingest.mllp import MllpServer, MllpSettings
 from app.store.raw import dedup_key, sha256_hex
+from tests.ingest.conftest import Wiring
+from tests.ingest.ingest_helpers import MllpClient, message, parse_ack
 
 
 def _oru(control_id: str, mrn: str = "555") -> bytes:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import Wiring
-from ingest_helpers import MllpClient, message, parse_ack
-
 from app.ingest.mllp import MllpServer
+from tests.ingest.conftest import Wiring
+from tests.ingest.ingest_helpers import MllpClient, message, parse_ack
 
 MSH = "MSH|^~\\&|ADT1|GHH|HESTIA|HESTIA|{ts}||{kind}|{cid}|P|2.5.1"
 

@@ -14,6 +14,7 @@ from mappers.hl7v2 import (
     MappingResult,
     MergePlan,
     UnsupportedMessage,
+    build_ack,
     map_message,
     merge_resource,
 )
@@ -609,3 +610,12 @@ def test_empty_quotes_in_pid_20_clear_the_drivers_licence_only() -> None:
         existing, incoming, MergePlan(cleared=frozenset({"identifier[type=DL]"}))
     )
     assert merged["identifier"] == [{"system": "urn:mrn", "value": "1"}]
+
+
+def test_ack_for_a_header_with_unusable_separators_is_well_formed() -> None:
+    """`MSHMSH|...` names 'M' as field separator: the ACK must still be readable (standard
+    delimiters, an MSA segment), not written in the sender's garbled delimiters."""
+    ack = build_ack(b"MSHMSH|^~\\&|A|B|C|D|2020||ADT^A01|X1|P|2.8\r", "AR").decode()
+    segments = ack.rstrip("\r").split("\r")
+    assert segments[0].startswith("MSH|^~\\&|")
+    assert segments[1].startswith("MSA|AR|")
