@@ -201,3 +201,35 @@ def test_granular_scope_hides_other_categories(
         assert {e["resource"]["id"] for e in found["entry"]} == {ids["laboratory"]}
         assert fhir.get(f"/Observation/{ids['laboratory']}").status_code == 200
         assert fhir.get(f"/Observation/{ids['vital-signs']}").status_code == 404
+
+
+def test_batch_mixing_allowed_and_forbidden_entries_gets_per_entry_403s(
+    secured: tuple[RunningServer, Path], world: dict[str, str]
+) -> None:
+    server, data_dir = secured
+    alice = bearer(token(data_dir, "patient/*.rs", patient=world["alice"]))
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Patient/{world['alice']}"}},
+            {"request": {"method": "GET", "url": f"Observation/{world['bob-obs']}"}},
+            {
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"request": {"method": "GET", "url": f"Observation/{world['alice-obs']}"}},
+        ],
+    }
+    response = httpx.post(server.fhir, json=batch, headers=alice)
+    assert response.status_code == 200, response.text
+    statuses = [e["response"]["status"] for e in response.json()["entry"]]
+    assert statuses[0].startswith("200")
+    assert statuses[1].startswith("404")  # another patient's data is "not there"
+    assert statuses[2].startswith("403")  # no write scope
+    assert statuses[3].startswith("200")
+    # A transaction with one forbidden entry changes nothing.
+    transaction = {**batch, "type": "transaction", "entry": batch["entry"][2:3]}
+    refused = httpx.post(server.fhir, json=transaction, headers=alice)
+    assert refused.status_code == 403
+    assert "Bundle.entry[0]" in str(refused.json()["issue"][0].get("expression"))
