@@ -52,7 +52,7 @@ from app.fhir.interactions import parse_etag
 from app.fhir.outcome import BadRequest, Forbidden
 from app.fhir.search.extract import patient_compartments
 from app.security.discovery import capability_security
-from app.security.policy import Access
+from app.security.policy import Access, PolicyInteraction
 from app.store.versions import Version, instant
 
 router = APIRouter(prefix="/fhir")
@@ -280,15 +280,7 @@ async def create(request: Request, resource_type: str) -> Response:
 
 @router.put("/{resource_type}")
 async def conditional_update(request: Request, resource_type: str) -> Response:
-    negotiate(request)
-    model.check_type(resource_type)
-    if resource_type == AUDIT_EVENT:
-        refuse_write("PUT")
-    access = await authorize(request, "update", resource_type)
-    _no_conditional_for_patient_scope(access)
-    conditions = criteria(request)
-    if not conditions:
-        raise BadRequest("A conditional update needs search criteria in the URL")
+    _, conditions = await _conditional(request, resource_type, "update")
     resource = await resource_body(request)
     if_match = _if_match(request)
     result = await services(request).interactions.conditional_update(
@@ -300,15 +292,7 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
 
 @router.delete("/{resource_type}")
 async def conditional_delete(request: Request, resource_type: str) -> Response:
-    negotiate(request)
-    model.check_type(resource_type)
-    if resource_type == AUDIT_EVENT:
-        refuse_write("DELETE")
-    access = await authorize(request, "delete", resource_type)
-    _no_conditional_for_patient_scope(access)
-    conditions = criteria(request)
-    if not conditions:
-        raise BadRequest("A conditional delete needs search criteria in the URL")
+    _, conditions = await _conditional(request, resource_type, "delete")
     result = await services(request).interactions.conditional_delete(resource_type, conditions)
     return _delete_response(request, result.version)
 
@@ -448,15 +432,7 @@ async def patch(request: Request, resource_type: str, resource_id: str) -> Respo
 
 @router.patch("/{resource_type}")
 async def conditional_patch(request: Request, resource_type: str) -> Response:
-    negotiate(request)
-    model.check_type(resource_type)
-    if resource_type == AUDIT_EVENT:
-        refuse_write("PATCH")
-    access = await authorize(request, "patch", resource_type)
-    _no_conditional_for_patient_scope(access)
-    conditions = criteria(request)
-    if not conditions:
-        raise BadRequest("A conditional patch needs search criteria in the URL")
+    access, conditions = await _conditional(request, resource_type, "patch")
     content_type, body = await _patch_body(request)
     result = await services(request).interactions.conditional_patch(
         resource_type,
@@ -477,6 +453,22 @@ async def _patch_body(request: Request) -> tuple[str, bytes]:
     """JSON Patch, or FHIRPath Patch as a FHIR JSON Parameters resource (http.html#patch)."""
     content_type = check_content_type(request, PATCH_CONTENT_TYPES)
     return content_type, await read_body(request, services(request).settings.max_body_bytes)
+
+
+async def _conditional(
+    request: Request, resource_type: str, interaction: PolicyInteraction
+) -> tuple[Access, list[tuple[str, str]]]:
+    """The checks every conditional write starts with; the access and the search criteria."""
+    negotiate(request)
+    model.check_type(resource_type)
+    if resource_type == AUDIT_EVENT:
+        refuse_write(request.method)
+    access = await authorize(request, interaction, resource_type)
+    _no_conditional_for_patient_scope(access)
+    conditions = criteria(request)
+    if not conditions:
+        raise BadRequest(f"A conditional {interaction} needs search criteria in the URL")
+    return access, conditions
 
 
 def _no_conditional_for_patient_scope(access: Access) -> None:
