@@ -16,11 +16,9 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -29,7 +27,6 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from pymongo import AsyncMongoClient
 from starlette.requests import Request
@@ -43,6 +40,7 @@ from app.audit.log import AuditLog
 from app.store.client import EmbeddedServer, free_port
 from benchmarks.harness import describe, percentile, running_hestia, wait_until_up
 from benchmarks.load_resources import load
+from benchmarks.read_latency import _load_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,38 +143,7 @@ async def seed_patients(mongodb_uri: str, count: int) -> list[str]:
     return [f"Patient/p{n}" for n in range(count)]
 
 
-# -- load generation (processes of threads, as benchmarks.read_latency) --------------------------
-
-
-def _client_thread(base: str, ids: list[str], deadline: float, seed: int, out: list[float]) -> None:
-    rng = random.Random(seed)
-    with httpx.Client(base_url=base, timeout=30) as http:
-        while time.time() < deadline:
-            target = rng.choice(ids)
-            started = time.perf_counter()
-            response = http.get(f"/{target}")
-            out.append(time.perf_counter() - started)
-            if response.status_code != 200:
-                raise RuntimeError(f"read {target}: {response.status_code}")
-
-
-def _load_process(args: tuple[str, list[str], int, float, float, int]) -> list[float]:
-    base, ids, clients, warm_until, deadline, seed = args
-    for phase_end, keep in ((warm_until, False), (deadline, True)):
-        results: list[list[float]] = [[] for _ in range(clients)]
-        threads = [
-            threading.Thread(
-                target=_client_thread, args=(base, ids, phase_end, seed + n, results[n])
-            )
-            for n in range(clients)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if keep:
-            return [x for r in results for x in r]
-    return []
+# -- load generation: the read benchmark's processes of threads --------------------------------
 
 
 def read_phase(
