@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from app.api import fhir, ingest, smart
 from app.api.audit import AuditMiddleware
+from app.api.cors import BrowserAppCors
 from app.api.http import error_response
 from app.audit.chain import audit_database_name
 from app.audit.events import AuditSource
@@ -37,7 +38,7 @@ from app.ingest.listener import audited_mllp_server
 from app.ingest.mllp import MllpSettings
 from app.ingest.service import Hl7v2Ingestor, IngestSettings
 from app.security.admin import bootstrap_dev_client
-from app.security.service import Security, SecurityConfig
+from app.security.service import Security, SecurityConfig, parse_external_issuers
 from app.settings import Settings
 from app.store.cache import CurrentCache
 from app.store.changes import ChangeFeed
@@ -165,6 +166,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(fhir.router)
     install_error_handlers(app)
+    if settings.cors_origins:
+        # Added before the audit gate, so inside it; outside routing and authentication, so
+        # a preflight is answered before it could meet a 401, 404 or 405.
+        app.add_middleware(BrowserAppCors, origins=settings.cors_origins)
     if audit_log is not None:
         # Outermost, so that 401s and errors from everything inside are audited too.
         app.add_middleware(
@@ -185,7 +190,13 @@ async def open_security(settings: Settings, database: Database) -> Security | No
             "Use this for local development only."
         )
         return None
-    security = await Security.open(database.db, SecurityConfig(fhir_base=settings.fhir_base))
+    config = SecurityConfig(
+        fhir_base=settings.fhir_base,
+        external_issuers=parse_external_issuers(settings.external_issuers),
+    )
+    for issuer in config.external_issuers:
+        log.info("accepting access tokens of external issuer %s", issuer.issuer)
+    security = await Security.open(database.db, config)
     try:
         lines = await bootstrap_dev_client(security)
     except DuplicateKeyError:

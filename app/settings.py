@@ -24,6 +24,18 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_origins(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """`*`, comma-separated origins, or `off`; origins lose a trailing slash, since browsers
+    send `scheme://host[:port]` and CORS compares exactly."""
+    raw = os.environ.get(f"HESTIA_{name}")
+    if raw in (None, "") or not raw.strip():
+        return default
+    if raw.strip().lower() in {"off", "none", "false", "no", "0"}:
+        return ()
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    return ("*",) if "*" in origins else origins
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -35,6 +47,11 @@ class Settings:
     # The externally visible base URL; derived from host/port when empty.
     base_url: str = ""
     auth: bool = True
+    # Origins browser SMART apps may call from (bearer tokens, never cookies); () = CORS off.
+    cors_origins: tuple[str, ...] = ("*",)
+    # External identity providers whose access tokens are accepted: a JSON list of
+    # {"issuer", "jwks_uri", "audience"?} objects (see app/security/service.py).
+    external_issuers: str = ""
     max_body_bytes: int = 16 * 1024 * 1024
     max_json_depth: int = 64
     default_page_size: int = 20
@@ -73,6 +90,8 @@ class Settings:
             database=_env("DATABASE", cls.database),
             base_url=_env("BASE_URL", ""),
             auth=_env_bool("AUTH", True),
+            cors_origins=_env_origins("CORS_ORIGINS", cls.cors_origins),
+            external_issuers=_env("EXTERNAL_ISSUERS", ""),
             max_body_bytes=_env_int("MAX_BODY_BYTES", cls.max_body_bytes),
             max_json_depth=_env_int("MAX_JSON_DEPTH", cls.max_json_depth),
             default_page_size=_env_int("DEFAULT_PAGE_SIZE", cls.default_page_size),

@@ -56,7 +56,7 @@ async def openid_config(request: Request) -> JSONResponse:
 @router.get("/oauth/jwks")
 async def jwks(request: Request) -> JSONResponse:
     return JSONResponse(
-        _security(request).keys.ring.jwks(), headers={"Cache-Control": "public, max-age=300"}
+        _security(request).keys.jwks(), headers={"Cache-Control": "public, max-age=300"}
     )
 
 

@@ -121,8 +121,9 @@ async def create_launch(db: Db, *, patient: str, encounter: str | None = None) -
     return await LaunchStore(db).create(patient=patient, encounter=encounter)
 
 
-async def rotate_signing_key(db: Db) -> str:
-    """New current signing key for every instance (they reload within seconds); its kid."""
+async def rotate_signing_key(db: Db) -> list[str]:
+    """New current signing keys (access token, id token) for every instance (they reload
+    within seconds); their kids."""
     return await (await KeyStore.open(db)).rotate()
 
 

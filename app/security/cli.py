@@ -74,7 +74,7 @@ def add_security_commands(commands: Any, common: Callable[[argparse.ArgumentPars
 
     keys = commands.add_parser("keys", help="signing keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)
-    common(keys_sub.add_parser("rotate", help="make a new current signing key"))
+    common(keys_sub.add_parser("rotate", help="new signing keys (access and id tokens)"))
 
 
 def run_security_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -146,7 +146,9 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, database: Data
         print(await admin.create_launch(db, patient=args.patient, encounter=args.encounter))
         return 0
     if command == "keys" and action == "rotate":
-        print(f"new signing key: {await admin.rotate_signing_key(db)}")
+        access_kid, id_token_kid = await admin.rotate_signing_key(db)
+        print(f"new access token signing key: {access_kid}")
+        print(f"new id token signing key: {id_token_kid}")
         return 0
     return 2
 

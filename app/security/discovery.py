@@ -49,7 +49,10 @@ SCOPES_SUPPORTED = (
     "system/*.read",
 )
 AUTH_METHODS = ("client_secret_basic", "private_key_jwt")
+# Client assertions (private_key_jwt): the algorithms SMART Backend Services names.
 SIGNING_ALGORITHMS = ("RS384", "ES384")
+# Id tokens: RS256, mandatory for OpenID providers (OpenID Connect Core §15.1).
+ID_TOKEN_ALGORITHMS = ("RS256",)
 
 
 def smart_configuration(config: SecurityConfig) -> dict[str, Any]:
@@ -64,6 +67,9 @@ def smart_configuration(config: SecurityConfig) -> dict[str, Any]:
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
+        # Not a SMART field, but RFC 8414 metadata SMART allows: apps reading only this
+        # document learn how to check the id_token of `sso-openid-connect`.
+        "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGORITHMS),
         "scopes_supported": list(SCOPES_SUPPORTED),
         "response_types_supported": ["code"],
         "capabilities": list(CAPABILITIES),
@@ -82,10 +88,11 @@ def openid_configuration(config: SecurityConfig) -> dict[str, Any]:
         "revocation_endpoint": config.revoke_url,
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
+        "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGORITHMS),
         "scopes_supported": ["openid", "fhirUser"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"],
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
         "code_challenge_methods_supported": ["S256"],
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
     }

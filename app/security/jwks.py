@@ -28,13 +28,17 @@ class JwksCache:
         self._entries: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._timeout = timeout
 
-    async def get(self, url: str, *, refresh: bool = False) -> Mapping[str, Any]:
+    async def get(
+        self, url: str, *, refresh: bool = False, min_refresh: float = MIN_REFRESH_SECONDS
+    ) -> Mapping[str, Any]:
+        """The JWK Set at `url`: cached for CACHE_SECONDS; `refresh` refetches it unless it
+        was fetched less than `min_refresh` seconds ago."""
         now = time.monotonic()
         cached = self._entries.get(url)
         if cached is not None:
             fetched_at, jwks = cached
             fresh = now - fetched_at < CACHE_SECONDS
-            too_soon = now - fetched_at < MIN_REFRESH_SECONDS
+            too_soon = now - fetched_at < min_refresh
             if (fresh and not refresh) or too_soon:
                 return jwks
         jwks = await self._fetch(url)

@@ -11,6 +11,11 @@ so tokens survive restarts. `to_dict`/`from_dict` let a caller keep it elsewhere
 database, to share one ring between several app instances).
 
 Every key's `kid` is its RFC 7638 thumbprint: unique and stable across restarts.
+
+The server keeps two rings: one for access tokens (RS384 or ES384, the algorithms SMART
+Backend Services names) and one for OpenID Connect id tokens (RS256, which OpenID Connect
+Core §15.1 makes mandatory and most relying parties expect). Separate keys, so a key is only
+ever used with one algorithm and an id token can never verify as an access token.
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ from joserfc.jwk import ECKey, RSAKey, import_key
 
 log = logging.getLogger(__name__)
 
-SigningAlgorithm = Literal["RS384", "ES384"]
+SigningAlgorithm = Literal["RS256", "RS384", "ES384"]
 AsymmetricKey = RSAKey | ECKey
 
 DEFAULT_ALGORITHM: SigningAlgorithm = "RS384"
+ID_TOKEN_ALGORITHM: SigningAlgorithm = "RS256"  # noqa: S105  # a JWS alg, not a secret
 RSA_KEY_SIZE = 2048
 MIN_CLIENT_RSA_BITS = 2048
 _FILE_FORMAT = 1
@@ -70,9 +76,9 @@ class SigningKey:
 def generate_key(
     alg: SigningAlgorithm = DEFAULT_ALGORITHM, *, now: int | None = None
 ) -> SigningKey:
-    """A new private key for `alg`: RSA 2048 for RS384, P-384 for ES384."""
+    """A new private key for `alg`: RSA 2048 for RS256 and RS384, P-384 for ES384."""
     key: AsymmetricKey
-    if alg == "RS384":
+    if alg in ("RS256", "RS384"):
         key = RSAKey.generate_key(RSA_KEY_SIZE)
     elif alg == "ES384":
         key = ECKey.generate_key("P-384")

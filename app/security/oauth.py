@@ -425,7 +425,7 @@ async def _token_response(
         body["encounter"] = context.encounter
     if with_id_token and scopes.openid and context.username:
         body["id_token"] = issue_id_token(
-            security.keys.ring,
+            security.keys.id_ring,
             issuer=config.issuer,
             client_id=context.client_id,
             subject=context.username,

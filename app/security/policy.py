@@ -302,13 +302,7 @@ async def verify_bearer(token: str, security: Any) -> TokenClaims:
     try:
         external = _external_issuer(token, config.external_issuers)
         if external is not None:
-            jwks = await security.external_jwks(external)
-            return verify_external_token(
-                token,
-                jwks=jwks,
-                issuer=external.issuer,
-                audience=external.audience or config.base,
-            )
+            return await _verify_external(token, external, security)
         try:
             return verify_access_token(
                 token, security.keys.ring, issuer=config.issuer, audience=config.base
@@ -322,6 +316,20 @@ async def verify_bearer(token: str, security: Any) -> TokenClaims:
             raise
     except OAuthError as exc:
         raise _unauthorized(exc.description, error="invalid_token") from exc
+
+
+async def _verify_external(token: str, external: Any, security: Any) -> TokenClaims:
+    audience = external.audience or security.config.base
+    jwks = await security.external_jwks(external)
+    try:
+        return verify_external_token(token, jwks=jwks, issuer=external.issuer, audience=audience)
+    except OAuthError as exc:
+        if exc.reason != "unknown_kid":
+            raise
+    # The IdP may have rotated its keys since we fetched them. The refetch is rate-limited
+    # per JWKS URL (jwks.py), so tokens with made-up kids cannot make us hammer the IdP.
+    jwks = await security.external_jwks(external, refresh=True)
+    return verify_external_token(token, jwks=jwks, issuer=external.issuer, audience=audience)
 
 
 def _external_issuer(token: str, issuers: Sequence[Any]) -> Any:

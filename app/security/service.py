@@ -11,6 +11,7 @@ is the OpenID discovery document.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from app.security.grants import (
     RevocationList,
     SessionStore,
 )
-from app.security.jwks import JwksCache, JwksError
+from app.security.jwks import MIN_REFRESH_SECONDS, JwksCache, JwksError
 from app.security.keystore import KeyStore
 from app.security.users import UserStore
 
@@ -36,11 +37,62 @@ DAY = 86_400
 
 @dataclass(frozen=True)
 class ExternalIssuer:
-    """An external identity provider whose access tokens Hestia accepts."""
+    """An external identity provider whose access tokens Hestia accepts.
+
+    Its tokens are JWTs whose `iss` is `issuer`, signed by a key of the JWK Set at
+    `jwks_uri`, carrying SMART scopes in `scope` or `scp` and, as SMART context, `patient`
+    and `fhirUser` claims (see policy.py for what they reach). A token naming a `kid` the
+    cached JWK Set lacks makes Hestia refetch it (the IdP rotated), at most once every
+    `min_refresh_seconds`.
+    """
 
     issuer: str
     jwks_uri: str
     audience: str = ""  # the `aud` its tokens carry for Hestia; default the FHIR base
+    min_refresh_seconds: float = MIN_REFRESH_SECONDS
+
+
+def parse_external_issuers(text: str) -> tuple[ExternalIssuer, ...]:
+    """`HESTIA_EXTERNAL_ISSUERS`: a JSON list of objects (or one object) with `issuer`,
+    `jwks_uri` and optionally `audience` and `min_refresh_seconds`. Empty: none.
+
+    Raises ValueError naming the problem, so a mistyped setting stops the server at start-up
+    rather than silently refusing every token of the IdP.
+    """
+    if not text.strip():
+        return ()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"HESTIA_EXTERNAL_ISSUERS is not JSON: {exc}") from exc
+    entries = [data] if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ValueError("HESTIA_EXTERNAL_ISSUERS must be a JSON list of objects")
+    issuers: list[ExternalIssuer] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError("each HESTIA_EXTERNAL_ISSUERS entry must be a JSON object")
+        unknown = set(entry) - _ISSUER_FIELDS
+        if unknown:
+            raise ValueError(f"HESTIA_EXTERNAL_ISSUERS: unknown field(s) {sorted(unknown)}")
+        issuer, jwks_uri = entry.get("issuer"), entry.get("jwks_uri")
+        if not isinstance(issuer, str) or not issuer:
+            raise ValueError("each HESTIA_EXTERNAL_ISSUERS entry needs an 'issuer'")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+            raise ValueError(f"issuer {issuer}: 'jwks_uri' must be an http(s) URL")
+        audience = entry.get("audience", "")
+        refresh = entry.get("min_refresh_seconds", MIN_REFRESH_SECONDS)
+        if not isinstance(audience, str):
+            raise ValueError(f"issuer {issuer}: 'audience' must be a string")
+        if not isinstance(refresh, int | float) or isinstance(refresh, bool) or refresh < 0:
+            raise ValueError(f"issuer {issuer}: 'min_refresh_seconds' must be a number >= 0")
+        issuers.append(ExternalIssuer(issuer, jwks_uri, audience, float(refresh)))
+    if len({i.issuer for i in issuers}) != len(issuers):
+        raise ValueError("HESTIA_EXTERNAL_ISSUERS names an issuer twice")
+    return tuple(issuers)
+
+
+_ISSUER_FIELDS = frozenset({"issuer", "jwks_uri", "audience", "min_refresh_seconds"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +106,11 @@ class SecurityConfig:
     # online_access: "valid while the user is online"; approximated by a working day.
     online_refresh_lifetime: int = DAY // 2
     external_issuers: tuple[ExternalIssuer, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if any(i.issuer.rstrip("/") == self.issuer for i in self.external_issuers):
+            # Our own tokens would then be checked against the IdP's keys and all fail.
+            raise ValueError("an external issuer cannot be this server's own issuer")
 
     @property
     def base(self) -> str:
@@ -116,7 +173,9 @@ class Security:
     async def external_jwks(self, issuer: ExternalIssuer, *, refresh: bool = False) -> Any:
         """The JWK Set of an external identity provider (cached; see jwks.py)."""
         try:
-            return await self._external_jwks.get(issuer.jwks_uri, refresh=refresh)
+            return await self._external_jwks.get(
+                issuer.jwks_uri, refresh=refresh, min_refresh=issuer.min_refresh_seconds
+            )
         except JwksError as exc:
             raise OAuthError(
                 "invalid_token", "the token issuer's keys are unavailable", reason="jwks_fetch"

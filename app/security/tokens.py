@@ -2,8 +2,9 @@
 
 Access tokens are JWTs in the RFC 9068 profile (`typ: at+jwt`), signed with the key ring's
 current key and checked against every key of the ring, so a rotation does not log anyone
-out. The `typ` check matters: an id token is signed by the same keys, and without it an id
-token (audience = client_id) could be replayed as an access token where audiences collide.
+out. Id tokens are signed with RS256 by a ring of their own (see keys.py), which access-token
+verification never consults; the `typ` check is the second guard, so that an id token
+(audience = client_id) can never be replayed as an access token where audiences collide.
 
 Claims carried (RFC 9068 + SMART): iss, aud, sub, client_id, scope, jti, iat, nbf, exp, and
 the launch context fhirUser, patient, encounter.
@@ -139,6 +140,8 @@ def issue_id_token(
     extra_claims: Mapping[str, Any] | None = None,
 ) -> str:
     """An OpenID Connect id token (audience = the client) for `openid` / `fhirUser` scopes.
+
+    `keys` is the id-token ring (`KeyStore.id_ring`, RS256), not the access-token ring.
 
     `fhir_user` is the URL of the user's FHIR resource (Patient, Practitioner,
     PractitionerRole, RelatedPerson or Person), absolute or relative to the FHIR base.

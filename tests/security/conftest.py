@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -16,7 +17,13 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.store.client import EmbeddedServer, free_port
+from tests.conftest import RunningServer, start_hestia, stop_hestia
 from tests.security.live_server import PATIENT_NAMES, LiveServer, build_app
+from tests.security.stand_in_idp import StandInIdp, running_idp
+
+# The `aud` tenant "a" of the stand-in IdP puts in its tokens for Hestia (tenant "b" uses the
+# default: the FHIR base URL).
+IDP_AUDIENCE = "hestia-api"
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +73,41 @@ async def sec_db(
 def http(live: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live.root, timeout=30, follow_redirects=False) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def idp() -> Iterator[StandInIdp]:
+    """A stand-in external identity provider with tenants "a", "b" and "unconfigured"."""
+    with running_idp("a", "b", "unconfigured") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def secured_hestia(
+    database: EmbeddedServer, idp: StandInIdp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The real app (`hestia serve`, authentication on, default CORS) trusting the stand-in
+    IdP's tenants "a" and "b", configured as an operator would: HESTIA_EXTERNAL_ISSUERS."""
+    issuers = [
+        {
+            "issuer": idp.issuer("a"),
+            "jwks_uri": idp.jwks_uri("a"),
+            "audience": IDP_AUDIENCE,
+            # Short, so the rotation test need not wait the default 10 s between refetches.
+            "min_refresh_seconds": 0.2,
+        },
+        {"issuer": idp.issuer("b"), "jwks_uri": idp.jwks_uri("b")},
+    ]
+    server = start_hestia(
+        tmp_path_factory.mktemp("secured"),
+        {
+            "HESTIA_AUTH": "on",
+            "HESTIA_MONGODB_URI": database.uri,
+            "HESTIA_DATABASE": f"secured_{uuid.uuid4().hex[:8]}",
+            "HESTIA_EXTERNAL_ISSUERS": json.dumps(issuers),
+            "HESTIA_CORS_ORIGINS": "",  # blank: the default, whatever the caller's env says
+        },
+        name="secured",
+    )
+    yield server
+    stop_hestia(server)

@@ -198,7 +198,7 @@ async def test_token_response_carries_context_id_token_and_no_store(
     assert body["refresh_token"]
 
     jwks = KeySet.import_key_set(http.get("/oauth/jwks").json())
-    id_token = jwt.decode(body["id_token"], jwks, algorithms=["RS384", "ES384"])
+    id_token = jwt.decode(body["id_token"], jwks, algorithms=["RS256"])
     assert id_token.claims["aud"] == client_id
     assert id_token.claims["iss"] == live.fhir_base
     assert id_token.claims["nonce"] == "n-0S6_WzA2Mj"

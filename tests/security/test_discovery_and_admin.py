@@ -16,9 +16,10 @@ from joserfc.jwk import KeySet
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.security import admin
+from app.security import admin, keystore
 from app.security.clients import ClientConflict
 from app.security.discovery import OAUTH_URIS, capability_security
+from app.security.keys import KeyRing
 from app.security.passwords import hash_password, verify_password
 from app.security.service import Security, SecurityConfig
 from app.store.client import EmbeddedServer
@@ -77,7 +78,8 @@ def test_smart_configuration_has_every_required_field(live: LiveServer, http: ht
 def test_openid_configuration_matches(live: LiveServer, http: httpx.Client) -> None:
     conf = http.get("/fhir/.well-known/openid-configuration").json()
     assert conf["issuer"] == live.fhir_base
-    assert "RS384" in conf["id_token_signing_alg_values_supported"]
+    # OpenID Connect Core §15.1: providers MUST support RS256 for id tokens.
+    assert conf["id_token_signing_alg_values_supported"] == ["RS256"]
 
 
 def test_jwks_publishes_public_keys_only(http: httpx.Client) -> None:
@@ -168,5 +170,34 @@ async def test_dev_bootstrap_creates_a_working_client_once(database: EmbeddedSer
         secret = text.split("shown only now: ")[1].split()[0]
         assert registered.check_secret(secret)
         assert await admin.bootstrap_dev_client(security) is None  # only when none exist
+    finally:
+        await client.close()
+
+
+async def test_key_store_keeps_an_rs256_id_token_ring_beside_the_access_ring(
+    database: EmbeddedServer,
+) -> None:
+    """Id tokens have their own RS256 ring (OpenID Connect Core §15.1); a database from
+    before it gains one without losing its access-token keys; rotation renews both and keeps
+    the previous keys published, so tokens already issued still verify."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(database.uri)
+    try:
+        db = client[unique("keys")]
+        existing = KeyRing.generate("ES384")
+        await db[keystore.COLLECTION].insert_one({"_id": "signing", "ring": existing.to_dict()})
+        store = await keystore.KeyStore.open(db)
+        assert store.ring.current.kid == existing.current.kid
+        assert store.id_ring.current.alg == "RS256"
+        published = {k["kid"]: k for k in store.jwks()["keys"]}
+        assert published[existing.current.kid]["alg"] == "ES384"
+        assert published[store.id_ring.current.kid]["alg"] == "RS256"
+        assert published[store.id_ring.current.kid]["kty"] == "RSA"
+
+        before = set(published)
+        access_kid, id_kid = await admin.rotate_signing_key(db)
+        reopened = await keystore.KeyStore.open(db)  # another instance, after the rotation
+        assert (reopened.ring.current.kid, reopened.id_ring.current.kid) == (access_kid, id_kid)
+        assert reopened.id_ring.current.alg == "RS256"
+        assert {k["kid"] for k in reopened.jwks()["keys"]} == before | {access_kid, id_kid}
     finally:
         await client.close()

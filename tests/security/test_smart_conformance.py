@@ -6,9 +6,6 @@ One test per kit check; each docstring names the check it mirrors. Checks alread
 elsewhere are not repeated: docs/smart-conformance.md maps every kit check of the standalone
 launch, limited scopes, OpenID Connect, token refresh, backend services, token revocation and
 token introspection groups to the test that covers it, here or in another module.
-
-One check fails today and is marked xfail(strict=True) with the reason; they pass the day
-the gap is closed, and strict xfail then turns red so the marker is removed.
 """
 
 # The live server runs in its own thread and event loop, so blocking httpx calls from these
@@ -21,7 +18,6 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 from joserfc import jws, jwt
 from joserfc.jwk import KeySet
 from pymongo import AsyncMongoClient
@@ -305,7 +301,7 @@ async def test_fhir_user_claim_is_a_readable_resource(
     (the fhirUser claim is an absolute URL of a Patient/Practitioner/… the token can read)."""
     _, response = await launched(live, sec_db, http, "launch/patient openid fhirUser patient/*.rs")
     body = response.json()
-    claims = jwt.decode(body["id_token"], server_keys(http), algorithms=["RS384", "ES384"]).claims
+    claims = jwt.decode(body["id_token"], server_keys(http), algorithms=["RS256"]).claims
     fhir_user = claims["fhirUser"]
     assert fhir_user == f"{live.fhir_base}/Patient/p1"
     resource = http.get(fhir_user, headers={"Authorization": f"Bearer {body['access_token']}"})
@@ -313,12 +309,6 @@ async def test_fhir_user_claim_is_a_readable_resource(
     assert resource.json()["resourceType"] == "Patient" and resource.json()["id"] == "p1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="id_tokens are signed with the ring's RS384/ES384 key; the kit (and OpenID "
-    "Connect Core §15.1) require RS256 for id_tokens and RS256 in "
-    "id_token_signing_alg_values_supported. Needs an RS256 id_token key in app/security/keys.",
-)
 async def test_id_token_is_signed_with_rs256(
     live: LiveServer, sec_db: Db, http: httpx.Client
 ) -> None:
@@ -327,9 +317,33 @@ async def test_id_token_is_signed_with_rs256(
     (alg RS256, SMART App Launch 2.2 requirement 210)."""
     config = http.get("/fhir/.well-known/openid-configuration").json()
     assert "RS256" in config["id_token_signing_alg_values_supported"]
+    smart = http.get("/fhir/.well-known/smart-configuration").json()
+    assert "RS256" in smart["id_token_signing_alg_values_supported"]
     _, response = await launched(live, sec_db, http, "launch/patient openid fhirUser patient/*.rs")
-    header = jws.extract_compact(response.json()["id_token"].encode()).protected
+    id_token = response.json()["id_token"]
+    header = jws.extract_compact(id_token.encode()).protected
     assert header["alg"] == "RS256"
+    # The key is published at jwks_uri as an RS256 RSA key under its own kid, and the
+    # signature verifies with it and RS256 alone.
+    published = http.get(config["jwks_uri"]).json()["keys"]
+    entry = next(k for k in published if k["kid"] == header["kid"])
+    assert entry["kty"] == "RSA" and entry["alg"] == "RS256" and "d" not in entry
+    jwt.decode(id_token, KeySet.import_key_set({"keys": [entry]}), algorithms=["RS256"])
+
+
+async def test_access_tokens_keep_their_algorithm_and_key(
+    live: LiveServer, sec_db: Db, http: httpx.Client
+) -> None:
+    """Not a kit check: the RS256 id-token key signs id tokens only. Access tokens stay RS384
+    or ES384 (RFC 9068 at+jwt) under a different kid, so neither token verifies as the other."""
+    _, response = await launched(live, sec_db, http, "launch/patient openid fhirUser patient/*.rs")
+    body = response.json()
+    access = jws.extract_compact(body["access_token"].encode()).protected
+    identity = jws.extract_compact(body["id_token"].encode()).protected
+    assert access["alg"] in ("RS384", "ES384") and access["typ"] == "at+jwt"
+    assert access["kid"] != identity["kid"]
+    as_bearer = {"Authorization": f"Bearer {body['id_token']}"}
+    assert http.get("/fhir/Patient/p1", headers=as_bearer).status_code == 401
 
 
 # -- token refresh ---------------------------------------------------------------------------
@@ -408,9 +422,7 @@ async def test_introspection_of_an_active_token_has_the_smart_fields(
         live, sec_db, http, "launch/patient openid fhirUser patient/*.rs"
     )
     body = response.json()
-    id_claims = jwt.decode(
-        body["id_token"], server_keys(http), algorithms=["RS384", "ES384"]
-    ).claims
+    id_claims = jwt.decode(body["id_token"], server_keys(http), algorithms=["RS256"]).claims
     info = introspect(http, client_id, body["access_token"])
     assert info["active"] is True
     assert info["scope"] == body["scope"] and info["client_id"] == client_id
