@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.audit.projection import AuditIndex
 from app.fhir.interactions import Interactions
 from app.fhir.search.execute import SearchEngine
 from app.security.service import Security
@@ -26,5 +27,7 @@ class Services:
     cache: CurrentCache
     # The audit log's database, read as a FHIR store by auditors' AuditEvent searches.
     audit_store: Store
+    # Brought up to date with the audit journal before auditors' reads and searches.
+    audit_index: AuditIndex
     audit_search: SearchEngine
     security: Security | None = None

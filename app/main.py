@@ -21,6 +21,7 @@ from app.api.http import error_response
 from app.audit.chain import audit_database_name
 from app.audit.events import AuditSource
 from app.audit.log import AuditLog
+from app.audit.projection import AuditIndex
 from app.context import Services
 from app.fhir import model
 from app.fhir.interactions import Interactions
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publish=True,
         )
         feed = ChangeFeed(database.db)
+        audit_index: AuditIndex | None = None
         try:
             await database.ping()
             if audit_log is not None:
@@ -87,7 +89,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_search_indexes(store, sorted(model.STORABLE_TYPES))
             cursor_secret = await shared_secret(database, "cursor")
             engine = SearchEngine(store, cursor_secret=cursor_secret)
-            audit_store = Store(database.client[audit_database_name(settings.database)])
+            audit_database = database.client[audit_database_name(settings.database)]
+            audit_store = Store(audit_database)
+            audit_index = AuditIndex(audit_database)
+            if audit_log is not None:
+                audit_index.follow(audit_log)
             security = await open_security(settings, database)
             if security is not None:
                 feed.subscribe(security.revocations)
@@ -123,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache=cache,
                 security=security,
                 audit_store=audit_store,
+                audit_index=audit_index,
                 audit_search=SearchEngine(audit_store, cursor_secret=cursor_secret),
             )
             mllp = None
@@ -147,6 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await mllp.stop()
         finally:
             await feed.stop()
+            if audit_index is not None:
+                await audit_index.stop()
             if audit_log is not None:
                 await audit_log.stop()
             await database.close()

@@ -39,6 +39,13 @@ def _unavailable_body() -> bytes:
     return orjson.dumps(error.to_outcome())
 
 
+def _is_cors_preflight(scope: Scope) -> bool:
+    """A browser's own CORS check: no credentials, no data touched, nothing to audit."""
+    return scope.get("method") == "OPTIONS" and any(
+        name == b"access-control-request-method" for name, _ in scope.get("headers", ())
+    )
+
+
 class AuditMiddleware:
     def __init__(
         self,
@@ -60,7 +67,11 @@ class AuditMiddleware:
         return any(path == p or path.startswith(p + "/") for p in self.prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.audited(scope.get("path", "")):
+        if (
+            scope["type"] != "http"
+            or not self.audited(scope.get("path", ""))
+            or _is_cors_preflight(scope)
+        ):
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})

@@ -96,6 +96,7 @@ async def read_event(request: Request, event_id: str, vid: str | None = None) ->
     services: Services = request.app.state.services
     if not event_id.isdigit() or (vid is not None and vid != "1"):
         raise NotFound(f"AuditEvent/{event_id[:64]} is not known")
+    await services.audit_index.catch_up()
     doc = await services.audit_store.current(EVENTS).find_one(
         {"_id": seq_key(int(event_id))}, {"resource": 1, "written": 1}
     )

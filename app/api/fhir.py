@@ -530,6 +530,7 @@ async def _search_audit(request: Request, items: list[tuple[str, str]]) -> Respo
     await authorize_auditor(request, "search")
     check_parameters(items)
     svc = services(request)
+    await svc.audit_index.catch_up()
     bundle = await svc.audit_search.search(
         AUDIT_EVENT,
         items,

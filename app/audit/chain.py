@@ -1,15 +1,19 @@
-"""The hash chain: how a stored audit document is laid out, serialised and hashed.
+"""The hash chain: how audit events are laid out, serialised and hashed.
 
-A stored document is
-    {_id: seq, prev, hash, resource, recorded, compartments, s, deleted, batch, writer, written}
-where `resource` is the AuditEvent (its id is the seq), `compartments` the patients it concerns
-and `s` its search keys, the same shape as the FHIR store's current versions so that the
-ordinary search engine answers auditors' AuditEvent searches.
+An event is the document
+    {_id: seq, prev, hash, resource, recorded, batch, writer, written}
+where `resource` is the AuditEvent (its id is the seq). `seq` numbers events 1, 2, 3 … with no
+gaps, `prev` is the `hash` of event seq-1 (or of the retention checkpoint it follows), and
+`hash` is SHA-256 over the canonical serialisation of every other field, `_id` included. So
+changing, deleting, inserting or swapping events breaks the chain at the first place it was
+touched.
 
-`seq` numbers events 1, 2, 3 … with no gaps, `prev` is the `hash` of event seq-1 (or of
-the retention checkpoint it follows), and `hash` is SHA-256 over the canonical serialisation of
-every other field, `_id` included. So changing, deleting, inserting or swapping events breaks
-the chain at the first place it was touched.
+Events are stored twice, with the same hash (see app/audit/journal.py and projection.py):
+durably in the journal, one block document per group commit, and later in the search index,
+one document per event with the derived fields `compartments`, `s` (search keys) and `deleted`
+added, the shape of a FHIR store's current versions, so that the ordinary search engine answers
+auditors' AuditEvent searches. The derived fields are not hashed: they are recomputed from the
+hashed `resource` when the chain is verified.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from app.audit.events import JsonDict, event_patients, instant
 from app.fhir.search.extract import build_index
 
 AUDIT_DATABASE_SUFFIX = "_audit"
-# Named like a FHIR store's current collection: the search engine reads it as one.
+# The search index of the journal, named like a FHIR store's current collection: the search
+# engine reads it as one.
 EVENTS = "AuditEvent"
+# Fields of an indexed event that are derived from its resource, and so not hashed.
+DERIVED_FIELDS = frozenset({"hash", "compartments", "s", "deleted"})
 # The AuditEvent search parameters auditors get (issue: date, patient, agent, entity, type,
 # subtype, action, outcome, address, source); only their keys are extracted, to keep the cost
 # of auditing every request low.
@@ -43,6 +50,8 @@ SEARCH_PARAMETERS = frozenset(
         "source",
     }
 )
+# The durable record: one block of consecutive events per group commit.
+JOURNAL = "audit_journal"
 CHECKPOINTS = "audit_checkpoints"
 GENESIS = "0" * 64
 
@@ -81,7 +90,7 @@ def _canonical_value(value: Any) -> Any:
 
 
 def canonical(document: JsonDict) -> bytes:
-    body = {k: v for k, v in document.items() if k != "hash"}
+    body = {k: v for k, v in document.items() if k not in DERIVED_FIELDS}
     return orjson.dumps(
         body,
         option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME,
@@ -111,21 +120,17 @@ def recorded_of(event: JsonDict) -> datetime:
 def link(
     events: list[JsonDict], head_seq: int, head_hash: str, *, batch: str, writer: str
 ) -> list[JsonDict]:
-    """Documents for `events`, chained after the event (head_seq, head_hash)."""
+    """Chained event documents for `events`, following the event (head_seq, head_hash)."""
     written = millis(datetime.now(UTC))
     documents = []
     prev = head_hash
     for offset, event in enumerate(events, start=1):
         seq = head_seq + offset
-        resource = {**event, "id": str(seq)}
         document: JsonDict = {
             "_id": seq_key(seq),
             "prev": prev,
-            "resource": resource,
+            "resource": {**event, "id": str(seq)},
             "recorded": recorded_of(event),
-            "compartments": event_patients(event),
-            "s": search_keys(resource),
-            "deleted": False,
             "batch": batch,
             "writer": writer,
             "written": written,
@@ -134,3 +139,18 @@ def link(
         prev = document["hash"]
         documents.append(document)
     return documents
+
+
+def derived_fields(event: JsonDict) -> JsonDict:
+    """What the search index adds to a chained event: patients, search keys, not deleted."""
+    resource = event["resource"]
+    return {
+        "compartments": event_patients(resource),
+        "s": search_keys(resource),
+        "deleted": False,
+    }
+
+
+def indexed(event: JsonDict) -> JsonDict:
+    """The search-index document of a chained event."""
+    return {**event, **derived_fields(event)}

@@ -7,11 +7,14 @@ read costs a fraction of a write. An extra wait (`window` seconds) before each i
 possible but measured slower (benchmarks/audit_overhead.py): the in-flight insert is already
 the batching window, so the default is 0.
 
-Ordering across processes. There is one chain, and its order is total: event `seq` is the
-document `_id`, so MongoDB's unique `_id` index is the compare-and-swap. A writer chains its
-batch after the newest event it knows of and inserts it ordered; if another process took that
-`seq` first, the insert stops at the duplicate key with nothing after it stored, and the writer
-re-reads the head and re-chains what is left. No counter document, no transaction, nothing
+Each batch is one block document in the journal (app/audit/journal.py); auditors' searches
+read per-event documents that app/audit/projection.py derives from the journal afterwards.
+
+Ordering across processes. There is one chain, and its order is total: a block's `_id` is the
+seq of its first event, so MongoDB's unique `_id` index is the compare-and-swap. A writer
+chains its batch after the newest event it knows of and inserts the block; if another process
+took that `seq` first, the insert fails on the duplicate key with nothing stored, and the
+writer re-reads the head and re-chains the batch. No counter document, no transaction, nothing
 MongoDB-specific beyond the `_id` index: it runs the same on SecantusDB and on a replica set.
 (A counter with find_one_and_update would hand out seqs, but a writer dying between reserving
 and inserting would leave a gap that verify must report as tampering. Per-writer chains would
@@ -38,26 +41,30 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from app.audit.chain import CHECKPOINTS, EVENTS, GENESIS, link
+from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, link
 from app.audit.events import JsonDict
+from app.audit.journal import block_of, read_head
 
 log = logging.getLogger("hestia.audit")
 
-DUPLICATE_KEY = 11000
 MAX_CHAIN_RETRIES = 100
 
 MONGODB_ROLES = """\
 // Run once as an administrator on the audit database (e.g. hestia_audit).
 db.createRole({role: "hestiaAuditWriter",
-  privileges: [{resource: {db: "hestia_audit", collection: "audit_events"},
+  privileges: [{resource: {db: "hestia_audit", collection: "audit_journal"},
+                actions: ["find", "insert", "createIndex"]},
+               {resource: {db: "hestia_audit", collection: "AuditEvent"},
                 actions: ["find", "insert", "createIndex"]},
                {resource: {db: "hestia_audit", collection: "audit_checkpoints"},
                 actions: ["find", "createIndex"]}],
   roles: []});
 db.createRole({role: "hestiaAuditOperator",
-  privileges: [{resource: {db: "hestia_audit", collection: "audit_events"},
+  privileges: [{resource: {db: "hestia_audit", collection: "audit_journal"},
+                actions: ["find", "insert", "remove"]},
+               {resource: {db: "hestia_audit", collection: "AuditEvent"},
                 actions: ["find", "insert", "remove"]},
                {resource: {db: "hestia_audit", collection: "audit_checkpoints"},
                 actions: ["find", "insert"]}],
@@ -105,7 +112,7 @@ class AuditLog:
         self.writer_id = writer_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.search_indexes = search_indexes
         self.stats = WriterStats()
-        self._events: AsyncCollection[JsonDict] | None = None
+        self._journal: AsyncCollection[JsonDict] | None = None
         self._checkpoints: AsyncCollection[JsonDict] | None = None
         # None is the stop sentinel.
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -113,6 +120,16 @@ class AuditLog:
         self._head: tuple[int, str] | None = None
         self._head_at = 0.0
         self._batch_counter = 0
+        # When the writer last had work: the search index is brought up to date when quiet.
+        self.last_active = time.monotonic()
+
+    @property
+    def head_seq(self) -> int:
+        """The newest seq this writer knows of (0 before its first append)."""
+        return self._head[0] if self._head is not None else 0
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_active if self._queue.empty() else 0.0
 
     @property
     def running(self) -> bool:
@@ -124,7 +141,7 @@ class AuditLog:
         Raises AuditUnavailable if the audit store cannot be reached: a server that cannot
         audit must not start serving.
         """
-        self._events = database.get_collection(EVENTS, write_concern=self.write_concern)
+        self._journal = database.get_collection(JOURNAL, write_concern=self.write_concern)
         self._checkpoints = database.get_collection(CHECKPOINTS, write_concern=self.write_concern)
         try:
             await ensure_indexes(database, search=self.search_indexes)
@@ -186,6 +203,7 @@ class AuditLog:
                 batch.append(item)
                 size += len(item.events)
             await self._commit(batch)
+            self.last_active = time.monotonic()
 
     async def _commit(self, batch: list[_Pending]) -> None:
         live = [item for item in batch if not item.done.done()]
@@ -206,47 +224,37 @@ class AuditLog:
             position += count
 
     async def _insert_chained(self, events: list[JsonDict]) -> list[int]:
-        assert self._events is not None
+        assert self._journal is not None
         self._batch_counter += 1
         batch_id = f"{self.writer_id}:{self._batch_counter}"
-        seqs: list[int] = []
-        remaining = events
         for _ in range(MAX_CHAIN_RETRIES):
             head_seq, head_hash = await self._current_head()
-            documents = link(remaining, head_seq, head_hash, batch=batch_id, writer=self.writer_id)
+            documents = link(events, head_seq, head_hash, batch=batch_id, writer=self.writer_id)
             try:
-                await self._events.insert_many(documents, ordered=True)
-            except BulkWriteError as exc:
-                inserted = int(exc.details.get("nInserted", 0))
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    self._head = None
-                    raise
-                # Another writer took the next seq: keep what landed, re-chain the rest.
+                await self._journal.insert_one(block_of(documents))
+            except DuplicateKeyError:
+                # Another writer took the next seq: learn the new head and chain after it.
                 self.stats.conflicts += 1
-                seqs.extend(int(d["_id"]) for d in documents[:inserted])
-                remaining = remaining[inserted:]
                 self._head = None
                 continue
             except PyMongoError:
-                # The batch may or may not have landed: learn the head again next time.
+                # The block may or may not have landed: learn the head again next time.
                 self._head = None
                 raise
-            seqs.extend(int(d["_id"]) for d in documents)
             last = documents[-1]
             self._head = (int(last["_id"]), last["hash"])
             self._head_at = time.monotonic()
             self.stats.batches += 1
             self.stats.events += len(events)
             self.stats.largest_batch = max(self.stats.largest_batch, len(events))
-            return seqs
+            return [int(d["_id"]) for d in documents]
         raise AuditUnavailable("the audit chain is too contended to append")
 
     async def _current_head(self) -> tuple[int, str]:
         if self._head is not None and time.monotonic() - self._head_at < self.head_ttl:
             return self._head
-        assert self._events is not None and self._checkpoints is not None
-        self._head = await read_head(self._events, self._checkpoints)
+        assert self._journal is not None and self._checkpoints is not None
+        self._head = await read_head(self._journal, self._checkpoints)
         self._head_at = time.monotonic()
         return self._head
 
@@ -257,31 +265,13 @@ class AuditLog:
                 item.done.set_exception(error)
 
 
-async def read_head(
-    events: AsyncCollection[JsonDict], checkpoints: AsyncCollection[JsonDict]
-) -> tuple[int, str]:
-    """(seq, hash) of the newest event; the latest checkpoint, or genesis, if none is left."""
-    newest = await events.find_one({}, {"hash": 1}, sort=[("_id", DESCENDING)])
-    if newest is not None:
-        return int(newest["_id"]), str(newest["hash"])
-    checkpoint = await latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        return int(checkpoint["through_seq"]), str(checkpoint["anchor"])
-    return 0, GENESIS
-
-
-async def latest_checkpoint(checkpoints: AsyncCollection[JsonDict]) -> JsonDict | None:
-    found: JsonDict | None = await checkpoints.find_one({}, sort=[("through_seq", DESCENDING)])
-    return found
-
-
 async def ensure_indexes(database: AsyncDatabase[Any], *, search: bool = False) -> None:
     """Indexes for auditors' queries (patient + date, date ranges), only when asked.
 
-    Every secondary index is maintained on the request path of every audited access. On the
-    embedded SecantusDB the two below cost the server about 0.2 ms of CPU per event, as much
-    as the read being audited (measured with benchmarks/audit_overhead.py), so they are off
-    by default there; on MongoDB they cost microseconds and should be on.
+    They are maintained as the search index is brought up to date, off the request path but
+    on the same two cores. On the embedded SecantusDB the two below cost about 0.2 ms of CPU
+    per event, as much as the read being audited, so they are off by default there; on
+    MongoDB they cost microseconds and should be on.
     """
     await database[CHECKPOINTS].create_index([("through_seq", DESCENDING)], name="through_seq")
     if not search:

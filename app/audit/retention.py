@@ -1,7 +1,8 @@
 """`hestia audit purge`: drop events past retention, as one whole prefix of the chain.
 
-The purge never cuts the chain in the middle. It removes events 1..K, where K is the last seq
-before the oldest event still inside retention, so what remains is one unbroken segment. Before
+The purge never cuts the chain in the middle. It removes events 1..K, where K ends the last
+journal block before the oldest block holding an event still inside retention, so what remains
+is one unbroken segment of whole blocks. Before
 deleting it
   1. verifies the whole chain (a purge must not wipe the evidence of tampering),
   2. appends a purge AuditEvent naming K and the hash of event K (the anchor), durably,
@@ -20,9 +21,9 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, EVENTS, millis, seq_key
+from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, millis, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
-from app.audit.log import AuditLog, latest_checkpoint
+from app.audit.log import AuditLog
 from app.audit.verify import ANCHOR_HASH, THROUGH_SEQ, verify_chain
 
 MIN_RETENTION_DAYS = 1
@@ -65,15 +66,16 @@ async def purge(
     cutoff = millis((now or datetime.now(UTC)) - timedelta(days=retention_days))
     through = await _last_expired_seq(database, cutoff)
     floor = report.checkpoint_seq or 0
-    events = database.get_collection(EVENTS, write_concern=log.write_concern)
     if through is None or through <= floor:
         # A run that stopped after its checkpoint left events behind it: finish that deletion.
-        leftover = await events.delete_many({"_id": {"$lte": seq_key(floor)}}) if floor else None
-        return PurgeReport(None, leftover.deleted_count if leftover else 0, None)
-    anchor_doc = await database[EVENTS].find_one({"_id": seq_key(through)}, {"hash": 1})
-    if anchor_doc is None:
+        leftover = await _delete_through(database, log, floor) if floor else 0
+        return PurgeReport(None, leftover, None)
+    anchor_block = await database[JOURNAL].find_one(
+        {"_id": {"$lte": seq_key(through)}}, {"last": 1, "hash": 1}, sort=[("_id", DESCENDING)]
+    )
+    if anchor_block is None or int(anchor_block["last"]) != through:
         raise PurgeRefused(f"event {through} vanished during the purge")
-    anchor = str(anchor_doc["hash"])
+    anchor = str(anchor_block["hash"])
 
     facts = replace(actor) if actor is not None else AuditFacts("audit-purge")
     facts.interaction = "audit-purge"
@@ -97,22 +99,30 @@ async def purge(
             "at": millis(datetime.now(UTC)),
         }
     )
-    deleted = await events.delete_many({"_id": {"$lte": seq_key(through)}})
-    return PurgeReport(through, deleted.deleted_count, event_seq)
+    purged = await _delete_through(database, log, through)
+    return PurgeReport(through, purged, event_seq)
+
+
+async def _delete_through(database: AsyncDatabase[Any], log: AuditLog, through: int) -> int:
+    """Delete the journal blocks and index documents of events 1..through; how many events."""
+    journal = database.get_collection(JOURNAL, write_concern=log.write_concern)
+    index = database.get_collection(EVENTS, write_concern=log.write_concern)
+    purged = 0
+    async for block in journal.find({"_id": {"$lte": seq_key(through)}}, {"first": 1, "last": 1}):
+        purged += int(block["last"]) - int(block["first"]) + 1
+    # The index first: an index document never outlives the journal block it came from.
+    await index.delete_many({"_id": {"$lte": seq_key(through)}})
+    await journal.delete_many({"_id": {"$lte": seq_key(through)}})
+    return purged
 
 
 async def _last_expired_seq(database: AsyncDatabase[Any], cutoff: datetime) -> int | None:
-    """The largest K such that every event up to K was recorded before `cutoff`."""
-    events = database[EVENTS]
-    first_kept = await events.find_one(
-        {"recorded": {"$gte": cutoff}}, {"_id": 1}, sort=[("_id", ASCENDING)]
+    """The largest block end K such that every event up to K was recorded before `cutoff`."""
+    journal = database[JOURNAL]
+    first_kept = await journal.find_one(
+        {"recorded_max": {"$gte": cutoff}}, {"first": 1}, sort=[("_id", ASCENDING)]
     )
     if first_kept is not None:
-        return int(first_kept["_id"]) - 1
-    newest = await events.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)])
-    return int(newest["_id"]) if newest is not None else None
-
-
-async def checkpoint_seq(database: AsyncDatabase[Any]) -> int | None:
-    found = await latest_checkpoint(database[CHECKPOINTS])
-    return int(found["through_seq"]) if found else None
+        return int(first_kept["first"]) - 1
+    newest = await journal.find_one({}, {"last": 1}, sort=[("_id", DESCENDING)])
+    return int(newest["last"]) if newest is not None else None

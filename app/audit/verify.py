@@ -5,21 +5,28 @@ previous event's hash (a deletion with renumbering, a reorder, or a rewritten pr
 its hash does not match its content (a modification). After a retention purge the walk starts
 at the latest checkpoint, which must itself be vouched for by the purge event in the chain.
 
+The walk covers the journal, block by block, and then every document of the search index
+(app/audit/projection.py) against the journal event of the same seq: an index document whose
+hashed fields or derived search keys differ, one missing between indexed neighbours, or one
+with no journal event behind it is reported as broken at its seq, since any of them would hide
+or invent an access in auditors' searches.
+
 What no chain can show is the newest events being cut off together: compare the reported head
 (seq and hash) with a copy kept elsewhere, e.g. the last NDJSON export sent to the SIEM.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, EVENTS, GENESIS, digest, seq_key
+from app.audit.chain import CHECKPOINTS, EVENTS, GENESIS, derived_fields, digest, seq_key
 from app.audit.events import JsonDict
-from app.audit.log import latest_checkpoint
+from app.audit.journal import blocks_after, events_of, latest_checkpoint
 
 PURGE_SUBTYPE = "audit-purge"
 THROUGH_SEQ = "through-seq"
@@ -46,6 +53,12 @@ class VerifyReport:
             )
         return f"BROKEN at seq {self.broken_seq}: {self.reason} ({self.checked} events checked)"
 
+    def broken(self, seq: int, reason: str) -> VerifyReport:
+        self.ok = False
+        self.broken_seq = seq
+        self.reason = reason
+        return self
+
 
 def purge_marker(event: JsonDict) -> tuple[int, str] | None:
     """(through_seq, anchor) if `event` records a retention purge."""
@@ -69,48 +82,113 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
     vouched = checkpoint is None
     marker = (start_after, prev)
     expected = start_after + 1
-    cursor = (
-        database[EVENTS]
-        .find({"_id": {"$gt": seq_key(start_after)}})
-        .sort("_id", ASCENDING)
-        .batch_size(batch_size)
-    )
-    async for document in cursor:
-        seq = int(document["_id"])
-        failure = _broken_link(document, expected, prev)
+    index = _IndexWalk(database, start_after, batch_size)
+    async for block in blocks_after(database, start_after):
+        failure = _broken_block(block, expected, prev)
         if failure is not None:
-            report.ok = False
-            report.broken_seq = expected if seq != expected else seq
-            report.reason = failure
-            return report
-        if not vouched and purge_marker(document.get("resource", {})) == marker:
-            vouched = True
-        if report.first_seq is None:
-            report.first_seq = seq
-        report.last_seq = seq
-        report.checked += 1
-        prev = document["hash"]
-        expected = seq + 1
+            return report.broken(expected, failure)
+        for event in events_of(block):
+            seq = int(event["_id"])
+            if seq <= start_after:
+                continue
+            failure = _broken_link(event, expected, prev) or await index.check(event)
+            if failure is not None:
+                return report.broken(seq if seq == expected else expected, failure)
+            if not vouched and purge_marker(event.get("resource", {})) == marker:
+                vouched = True
+            if report.first_seq is None:
+                report.first_seq = seq
+            report.last_seq = seq
+            report.checked += 1
+            prev = event["hash"]
+            expected = seq + 1
     report.head_hash = prev if report.checked else None
+    extra = await index.leftover()
+    if extra is not None:
+        return report.broken(extra, f"event {extra} is in the search index but not in the journal")
     if not vouched:
-        report.ok = False
-        report.broken_seq = start_after + 1
-        report.reason = (
+        return report.broken(
+            start_after + 1,
             f"the checkpoint through seq {start_after} is not vouched for by a purge event "
-            "in the chain"
+            "in the chain",
         )
     return report
 
 
-def _broken_link(document: JsonDict, expected: int, prev: str) -> str | None:
-    seq = int(document["_id"])
+def _broken_block(block: JsonDict, expected: int, prev: str) -> str | None:
+    events = block.get("events") or []
+    first = int(block.get("first", 0))
+    if first > expected:
+        return f"event {expected} is missing (the next stored event is {first})"
+    if not events or [int(e["_id"]) for e in events] != list(
+        range(first, int(block.get("last", 0)) + 1)
+    ):
+        return f"the journal block starting at event {first} does not hold events {first}.."
+    if first == expected and block.get("prev") != prev:
+        return (
+            f"event {first} does not follow the event before it (prev hash mismatch: "
+            "an event was deleted, reordered or rewritten)"
+        )
+    if block.get("hash") != events[-1].get("hash"):
+        return f"the journal block ending at event {block.get('last')} was modified"
+    return None
+
+
+def _broken_link(event: JsonDict, expected: int, prev: str) -> str | None:
+    seq = int(event["_id"])
     if seq != expected:
         return f"event {expected} is missing (the next stored event is {seq})"
-    if document.get("prev") != prev:
+    if event.get("prev") != prev:
         return (
             f"event {seq} does not follow the event before it (prev hash mismatch: "
             "an event was deleted, reordered or rewritten)"
         )
-    if digest(document) != document.get("hash"):
+    if digest(event) != event.get("hash"):
         return f"event {seq} was modified (its hash does not match its content)"
     return None
+
+
+class _IndexWalk:
+    """The search index, walked in step with the journal."""
+
+    def __init__(self, database: AsyncDatabase[Any], after: int, batch_size: int) -> None:
+        self._cursor = (
+            database[EVENTS]
+            .find({"_id": {"$gt": seq_key(after)}})
+            .sort("_id", ASCENDING)
+            .batch_size(batch_size)
+        )
+        self._documents: AsyncIterator[JsonDict] = aiter(self._cursor)
+        self._next: JsonDict | None = None
+        self._ended = False
+
+    async def _peek(self) -> JsonDict | None:
+        if self._next is None and not self._ended:
+            try:
+                self._next = await anext(self._documents)
+            except StopAsyncIteration:
+                self._ended = True
+        return self._next
+
+    async def check(self, event: JsonDict) -> str | None:
+        """Why the index document of `event` is wrong, if it is; None if right or not yet built."""
+        document = await self._peek()
+        if document is None:
+            return None
+        seq = int(event["_id"])
+        indexed_seq = int(document["_id"])
+        if indexed_seq > seq:
+            return f"event {seq} is missing from the search index (it holds event {indexed_seq})"
+        if indexed_seq < seq:
+            return f"event {indexed_seq} is in the search index but not in the journal"
+        self._next = None
+        # Equal hashes of the hashed fields: the same event as the journal's.
+        if digest(document) != event["hash"] or document.get("hash") != event["hash"]:
+            return f"event {seq} was modified in the search index (its hash does not match)"
+        if {k: document.get(k) for k in ("compartments", "s", "deleted")} != derived_fields(event):
+            return f"event {seq} has altered search keys in the search index"
+        return None
+
+    async def leftover(self) -> int | None:
+        document = await self._peek()
+        return int(document["_id"]) if document is not None else None

@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 from pymongo import MongoClient
 
+from app.audit.chain import JOURNAL
+from app.audit.events import event_patients
+from app.audit.journal import events_of
 from app.store.client import EmbeddedServer
 from tests.conftest import start_hestia
 
@@ -70,11 +73,14 @@ def test_every_answered_read_is_audited_after_a_kill(tmp_path: Path) -> None:
     try:
         with MongoClient(database.uri, tz_aware=True, tzinfo=UTC) as client:
             recorded: Counter[str] = Counter()
-            for doc in client["hestia_audit"]["AuditEvent"].find(
-                {"s.subtype": "read", "s.outcome": "0"}, {"compartments": 1}
-            ):
-                for patient in doc.get("compartments", []):
-                    recorded[patient.split("/", 1)[1]] += 1
+            # The journal is the durable record; the search index may lag behind it.
+            for block in client["hestia_audit"][JOURNAL].find({}):
+                for event in events_of(block):
+                    resource = event["resource"]
+                    if resource["outcome"] != "0" or resource["subtype"][0]["code"] != "read":
+                        continue
+                    for patient in event_patients(resource):
+                        recorded[patient.split("/", 1)[1]] += 1
     finally:
         database.stop()
     missing = {pid: n - recorded[pid] for pid, n in answered.items() if recorded[pid] < n}

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from app.audit.chain import seq_key
+from app.audit.chain import JOURNAL, seq_key
 from tests.conftest import ROOT, RunningServer, start_hestia, stop_hestia
 
 JSON = {"Content-Type": "application/fhir+json"}
@@ -145,13 +145,12 @@ def test_verify_detects_a_tampered_event(server: tuple[RunningServer, Path]) -> 
     assert ok.returncode == 0, ok.stdout + ok.stderr
     uri = json.loads((data_dir / "hestia-db.json").read_text())["mongodb_uri"]
     with MongoClient(uri) as client:
-        events_collection = client["hestia_audit"]["AuditEvent"]
-        victim = events_collection.find_one({"_id": seq_key(2)})
-        assert victim is not None
-        changed = "8" if victim["resource"]["outcome"] != "8" else "0"
-        events_collection.update_one(
-            {"_id": victim["_id"]}, {"$set": {"resource.outcome": changed}}
-        )
+        journal = client["hestia_audit"][JOURNAL]
+        block = journal.find_one({"_id": {"$lte": seq_key(2)}}, sort=[("_id", -1)])
+        assert block is not None
+        [victim] = [e for e in block["events"] if e["_id"] == seq_key(2)]
+        victim["resource"]["outcome"] = "8" if victim["resource"]["outcome"] != "8" else "0"
+        journal.replace_one({"_id": block["_id"]}, block)
     broken = hestia(data_dir, "audit", "verify")
     assert broken.returncode == 1
     assert "2" in broken.stdout and "broken" in broken.stdout.lower()

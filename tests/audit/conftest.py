@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC
 from typing import Any
 
@@ -12,8 +12,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import EVENTS, seq_key
+from app.audit.chain import JOURNAL, seq_key
+from app.audit.journal import head_seq as journal_head_seq
+from app.audit.journal import journal_events
 from app.audit.log import AuditLog
+from app.audit.projection import AuditIndex
 from app.store.client import EmbeddedServer
 from tests.audit.app_under_test import build_app
 
@@ -52,11 +55,24 @@ async def http(audit_log: AuditLog) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def stored(db: Db, after: int = 0) -> list[dict[str, Any]]:
-    """Stored audit documents with seq > after, in chain order."""
-    cursor = db[EVENTS].find({"_id": {"$gt": seq_key(after)}}).sort("_id", 1)
-    return [doc async for doc in cursor]
+    """Journaled audit events with seq > after, in chain order."""
+    return [event async for event in journal_events(db, after)]
 
 
 async def head_seq(db: Db) -> int:
-    newest = await db[EVENTS].find_one({}, sort=[("_id", -1)])
-    return int(newest["_id"]) if newest else 0
+    return await journal_head_seq(db)
+
+
+async def index_all(db: Db) -> int:
+    """Bring the per-event search index up to date, as an auditor's query does first."""
+    return await AuditIndex(db).catch_up()
+
+
+async def tamper_journal(db: Db, seq: int, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `change` to event `seq` where the journal keeps it, as an intruder with write
+    access to the database would."""
+    block = await db[JOURNAL].find_one({"_id": {"$lte": seq_key(seq)}}, sort=[("_id", -1)])
+    assert block is not None
+    [event] = [e for e in block["events"] if int(e["_id"]) == seq]
+    change(event)
+    await db[JOURNAL].replace_one({"_id": block["_id"]}, block)

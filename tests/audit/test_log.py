@@ -13,13 +13,14 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
-from app.audit.chain import EVENTS, GENESIS, seq_key
+from app.audit.chain import EVENTS, GENESIS, JOURNAL, digest, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
+from app.audit.journal import events_of
 from app.audit.log import AuditLog, AuditUnavailable
 from app.audit.verify import verify_chain
 from app.store.client import EmbeddedServer, free_port
 from tests.audit.app_under_test import build_app
-from tests.audit.conftest import Db, stored
+from tests.audit.conftest import Db, index_all, stored, tamper_journal
 
 SOURCE = AuditSource("hestia-test")
 
@@ -154,9 +155,11 @@ async def _chain_of(log: AuditLog, count: int) -> None:
 
 async def test_modified_event_is_the_first_broken_link(audit_log: AuditLog, audit_db: Db) -> None:
     await _chain_of(audit_log, 6)
-    await audit_db[EVENTS].update_one(
-        {"_id": seq_key(4)}, {"$set": {"resource.outcome": "0", "resource.action": "U"}}
-    )
+
+    def rewrite(event: dict[str, Any]) -> None:
+        event["resource"]["outcome"], event["resource"]["action"] = "0", "U"
+
+    await tamper_journal(audit_db, 4, rewrite)
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 4
@@ -167,13 +170,15 @@ async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
     audit_log: AuditLog, audit_db: Db
 ) -> None:
     await _chain_of(audit_log, 6)
-    from app.audit.chain import digest
-
-    doc = await audit_db[EVENTS].find_one({"_id": seq_key(3)})
-    assert doc is not None
-    doc["resource"]["agent"][0]["who"] = {"display": "someone else"}
-    doc["hash"] = digest(doc)
-    await audit_db[EVENTS].replace_one({"_id": seq_key(3)}, doc)
+    block = await audit_db[JOURNAL].find_one({"_id": seq_key(3)})
+    assert block is not None and block["last"] == 3
+    # The intruder rewrites event 3 and recomputes its hash, and the block's, consistently.
+    [event] = events_of(block)
+    event["resource"]["agent"][0]["who"] = {"display": "someone else"}
+    event["hash"] = digest(event)
+    block["events"][0].update(resource=event["resource"], hash=event["hash"])
+    block["hash"] = event["hash"]
+    await audit_db[JOURNAL].replace_one({"_id": block["_id"]}, block)
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 4
@@ -182,7 +187,7 @@ async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
 
 async def test_deleted_event_is_reported(audit_log: AuditLog, audit_db: Db) -> None:
     await _chain_of(audit_log, 6)
-    await audit_db[EVENTS].delete_one({"_id": seq_key(2)})
+    await audit_db[JOURNAL].delete_one({"_id": seq_key(2)})
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 2
@@ -191,17 +196,82 @@ async def test_deleted_event_is_reported(audit_log: AuditLog, audit_db: Db) -> N
 
 async def test_reordered_events_are_reported(audit_log: AuditLog, audit_db: Db) -> None:
     await _chain_of(audit_log, 6)
-    events = audit_db[EVENTS]
+    journal = audit_db[JOURNAL]
     third, fourth = (
-        await events.find_one({"_id": seq_key(3)}),
-        await events.find_one({"_id": seq_key(4)}),
+        await journal.find_one({"_id": seq_key(3)}),
+        await journal.find_one({"_id": seq_key(4)}),
     )
     assert third is not None and fourth is not None
-    await events.replace_one({"_id": seq_key(3)}, {k: v for k, v in fourth.items() if k != "_id"})
-    await events.replace_one({"_id": seq_key(4)}, {k: v for k, v in third.items() if k != "_id"})
+    await journal.replace_one({"_id": seq_key(3)}, {k: v for k, v in fourth.items() if k != "_id"})
+    await journal.replace_one({"_id": seq_key(4)}, {k: v for k, v in third.items() if k != "_id"})
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 3
+
+
+# The search index is what auditors query: changing it would hide or invent accesses.
+
+
+async def test_search_index_holds_every_journaled_event_with_its_hash(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await append_many(audit_log, 25)
+    assert await index_all(audit_db) == 25
+    journal = await stored(audit_db)
+    index = [doc async for doc in audit_db[EVENTS].find({}).sort("_id", 1)]
+    assert [d["_id"] for d in index] == [e["_id"] for e in journal]
+    assert [d["hash"] for d in index] == [e["hash"] for e in journal]
+    # Derived from the event itself: the patient it concerns and its search keys.
+    assert sorted(d["compartments"][0] for d in index) == sorted(f"Patient/p{n}" for n in range(25))
+    assert all(d["s"] and d["deleted"] is False for d in index)
+    assert await index_all(audit_db) == 0
+    assert (await verify_chain(audit_db)).ok
+
+
+async def test_event_changed_in_the_search_index_is_reported(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await _chain_of(audit_log, 6)
+    await index_all(audit_db)
+    await audit_db[EVENTS].update_one({"_id": seq_key(4)}, {"$set": {"resource.outcome": "8"}})
+    report = await verify_chain(audit_db)
+    assert (report.ok, report.broken_seq) == (False, 4)
+    assert "search index" in (report.reason or "")
+
+
+async def test_event_hidden_from_searches_is_reported(audit_log: AuditLog, audit_db: Db) -> None:
+    await _chain_of(audit_log, 6)
+    await index_all(audit_db)
+    # Dropping the patient's keys would hide the access from "who read this patient's data".
+    await audit_db[EVENTS].update_one({"_id": seq_key(3)}, {"$set": {"compartments": [], "s": {}}})
+    report = await verify_chain(audit_db)
+    assert (report.ok, report.broken_seq) == (False, 3)
+    assert "search keys" in (report.reason or "")
+
+
+async def test_event_deleted_from_the_search_index_is_reported(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await _chain_of(audit_log, 6)
+    await index_all(audit_db)
+    await audit_db[EVENTS].delete_one({"_id": seq_key(2)})
+    report = await verify_chain(audit_db)
+    assert (report.ok, report.broken_seq) == (False, 2)
+    assert "missing from the search index" in (report.reason or "")
+
+
+async def test_event_forged_into_the_search_index_is_reported(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await _chain_of(audit_log, 3)
+    await index_all(audit_db)
+    forged = await audit_db[EVENTS].find_one({"_id": seq_key(3)})
+    assert forged is not None
+    forged["_id"] = seq_key(4)
+    await audit_db[EVENTS].insert_one(forged)
+    report = await verify_chain(audit_db)
+    assert (report.ok, report.broken_seq) == (False, 4)
+    assert "not in the journal" in (report.reason or "")
 
 
 async def test_appends_continue_the_chain_after_a_restart(audit_db: Db) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.audit.chain import EVENTS
+from app.audit.chain import EVENTS, JOURNAL
 from tests.audit.app_under_test import SOURCE
-from tests.audit.conftest import Db, head_seq, stored
+from tests.audit.conftest import Db, head_seq, index_all, stored
 
 REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -344,7 +344,12 @@ async def test_no_resource_body_or_diagnostics_reach_the_event(
         json={"resourceType": "Patient", "id": "p1", "name": [{"family": secret}]},
     )
     await http.get("/fhir/Patient/missing")  # its OperationOutcome diagnostics name the id
-    raw = str([doc async for doc in audit_db[EVENTS].find({})])
+    assert await index_all(audit_db) == 2
+    raw = str(
+        [doc async for doc in audit_db[JOURNAL].find({})]
+        + [doc async for doc in audit_db[EVENTS].find({})]
+    )
+    assert "Patient/p1" in raw  # the events are there, and carry identifiers only
     assert secret not in raw
     assert "is not known" not in raw
 
@@ -366,3 +371,16 @@ async def test_response_is_released_only_after_its_event_is_stored(
         assert response.status_code == 200
         # The event is already readable when the client holds the response.
         assert len(await stored(audit_db, before)) == 1
+
+
+async def test_cors_preflights_are_not_audited_but_other_options_requests_are(
+    http: httpx.AsyncClient, audit_db: Db
+) -> None:
+    before = await head_seq(audit_db)
+    await http.options(
+        "/fhir/Patient/p1",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert await stored(audit_db, before) == []
+    await http.options("/fhir/Patient/p1")
+    assert len(await stored(audit_db, before)) == 1

@@ -11,14 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-from app.audit.chain import CHECKPOINTS, EVENTS, seq_key
+from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, seq_key
 from app.audit.cli import add_audit_commands, run_audit_command
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.export import export
 from app.audit.log import AuditLog
 from app.audit.retention import PurgeRefused, purge
 from app.audit.verify import purge_marker, verify_chain
-from tests.audit.conftest import Db, stored
+from tests.audit.conftest import Db, index_all, stored, tamper_journal
 
 SOURCE = AuditSource("hestia-test")
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -73,13 +73,16 @@ async def test_purge_removes_a_whole_prefix_and_keeps_the_chain_verifiable(
     # seq 1-3 old, seq 4 new, seq 5 old again: only 1-3 may go, the chain is never holed.
     for days in (40, 39, 38, 1, 45):
         await append_at(audit_log, NOW - timedelta(days=days), "p1")
-    third = await audit_db[EVENTS].find_one({"_id": seq_key(3)})
-    assert third is not None
+    third = (await stored(audit_db))[2]
+    assert await index_all(audit_db) == 5
     report = await purge(audit_db, audit_log, SOURCE, retention_days=30)
     assert report.through_seq == 3
     assert report.purged == 3
     remaining = await stored(audit_db)
     assert [int(d["_id"]) for d in remaining] == [4, 5, 6]
+    # The search index loses the same prefix, and nothing else.
+    await index_all(audit_db)
+    assert [int(d["_id"]) async for d in audit_db[EVENTS].find({}).sort("_id", 1)] == [4, 5, 6]
     verified = await verify_chain(audit_db)
     assert verified.ok, verified.summary()
     assert verified.checkpoint_seq == 3
@@ -105,7 +108,7 @@ async def test_purge_with_nothing_expired_changes_nothing(
 async def test_purge_refuses_a_broken_chain(audit_log: AuditLog, audit_db: Db) -> None:
     for days in (40, 39, 1):
         await append_at(audit_log, NOW - timedelta(days=days), "p1")
-    await audit_db[EVENTS].update_one({"_id": seq_key(1)}, {"$set": {"resource.action": "C"}})
+    await tamper_journal(audit_db, 1, lambda event: event["resource"].update(action="C"))
     with pytest.raises(PurgeRefused):
         await purge(audit_db, audit_log, SOURCE, retention_days=30)
     assert len(await stored(audit_db)) == 3
@@ -116,9 +119,8 @@ async def test_a_forged_checkpoint_does_not_hide_a_deleted_prefix(
 ) -> None:
     for days in (3, 2, 1):
         await append_at(audit_log, NOW - timedelta(days=days), "p1")
-    second = await audit_db[EVENTS].find_one({"_id": seq_key(2)})
-    assert second is not None
-    await audit_db[EVENTS].delete_many({"_id": {"$lte": seq_key(2)}})
+    second = (await stored(audit_db))[1]
+    await audit_db[JOURNAL].delete_many({"_id": {"$lte": seq_key(2)}})
     await audit_db[CHECKPOINTS].insert_one({"_id": 2, "through_seq": 2, "anchor": second["hash"]})
     report = await verify_chain(audit_db)
     assert not report.ok
@@ -142,7 +144,7 @@ async def test_cli_verify_reports_ok_then_the_broken_link(
     # verify is itself an access to the audit log, and is recorded.
     newest = (await stored(audit_db))[-1]["resource"]
     assert newest["subtype"][0]["code"] == "audit-verify"
-    await audit_db[EVENTS].update_one({"_id": seq_key(2)}, {"$set": {"resource.outcome": "8"}})
+    await tamper_journal(audit_db, 2, lambda event: event["resource"].update(outcome="8"))
     out = io.StringIO()
     assert await run_audit_command(parse(["audit", "verify"]), audit_db, stdout=out) == 1
     assert out.getvalue().startswith("BROKEN at seq 2")

@@ -1,0 +1,134 @@
+"""The search index of the audit log: one document per event, derived from the journal.
+
+Auditors search AuditEvents by patient, date, agent … through the ordinary search engine,
+which needs one document per event with its search keys. Building those on the request path
+would double what auditing costs every read, so they are derived from the journal afterwards:
+
+- when the writer of this process has been quiet for a moment (`follow`);
+- at the latest when the backlog passes `max_backlog` events, in chunks, under sustained load;
+- always before an auditor's read or search is answered (`catch_up`), so auditors never miss
+  an event that was durable when they asked.
+
+The index is a contiguous prefix of the chain: events are inserted in seq order, ordered, and
+an insert that meets an event another process indexed first stops there, so what is indexed
+never has holes; the next event to index is the newest indexed one plus one. Everything here
+is re-derivable from the journal, and `hestia audit verify` checks each indexed event against
+it (a changed, forged or deleted index document is reported like a broken link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pymongo import DESCENDING, WriteConcern
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from app.audit.chain import EVENTS, indexed
+from app.audit.events import JsonDict
+from app.audit.journal import checkpoint_seq, journal_events
+
+if TYPE_CHECKING:
+    from app.audit.log import AuditLog
+
+log = logging.getLogger("hestia.audit")
+
+DUPLICATE_KEY = 11000
+
+
+class AuditIndex:
+    """Brings the per-event search index of one audit database up to date with its journal."""
+
+    def __init__(self, database: AsyncDatabase[Any], *, chunk: int = 500) -> None:
+        self.database = database
+        self.chunk = chunk
+        # Rebuildable from the journal, so one acknowledgement is enough.
+        self._events = database.get_collection(EVENTS, write_concern=WriteConcern(w=1))
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.indexed_through = 0
+
+    async def watermark(self) -> int:
+        """The newest indexed seq (or the purge checkpoint, or 0)."""
+        newest = await self._events.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)])
+        floor = await checkpoint_seq(self.database)
+        return max(int(newest["_id"]) if newest is not None else 0, floor)
+
+    async def catch_up(self, limit: int | None = None) -> int:
+        """Index journaled events not indexed yet (at most `limit`); returns how many."""
+        async with self._lock:
+            done = 0
+            while limit is None or done < limit:
+                added, finished = await self._index_some(
+                    self.chunk if limit is None else min(self.chunk, limit - done)
+                )
+                done += added
+                if finished:
+                    break
+            return done
+
+    async def _index_some(self, count: int) -> tuple[int, bool]:
+        """Index up to `count` events; (indexed, True if nothing is left to index)."""
+        after = await self.watermark()
+        documents: list[JsonDict] = []
+        async for event in journal_events(self.database, after):
+            documents.append(indexed(event))
+            if len(documents) >= count:
+                break
+        if not documents:
+            self.indexed_through = after
+            return 0, True
+        try:
+            await self._events.insert_many(documents, ordered=True)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            # Another process indexed the same events first; carry on after what it did.
+            return int(exc.details.get("nInserted", 0)), False
+        self.indexed_through = int(documents[-1]["_id"])
+        return len(documents), len(documents) < count
+
+    # -- in the background, behind this process's writer ---------------------------------
+
+    def follow(
+        self,
+        writer: AuditLog,
+        *,
+        quiet_s: float = 0.5,
+        interval_s: float = 0.5,
+        max_backlog: int = 50_000,
+    ) -> None:
+        """Index in the background: when `writer` is quiet, or when far behind."""
+        self._task = asyncio.create_task(
+            self._follow(writer, quiet_s, interval_s, max_backlog), name="audit-index"
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(
+        self, writer: AuditLog, quiet_s: float, interval_s: float, max_backlog: int
+    ) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                while writer.head_seq > self.indexed_through:
+                    if writer.idle_for() >= quiet_s:
+                        await self.catch_up(limit=self.chunk)
+                    elif writer.head_seq - self.indexed_through > max_backlog:
+                        await self.catch_up(limit=self.chunk)
+                        break
+                    else:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following; auditors' queries catch up themselves
+                log.warning("audit search index not updated (%s)", type(exc).__name__)
