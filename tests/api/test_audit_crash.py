@@ -69,7 +69,7 @@ def test_every_answered_read_is_audited_after_a_kill(tmp_path: Path) -> None:
     deadline = time.monotonic() + 30
     while any(db_path in cmdline for cmdline in _command_lines()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    database = EmbeddedServer.start(db_path)
+    database = _reopen(db_path, tmp_path / "reopen.log")
     try:
         with MongoClient(database.uri, tz_aware=True, tzinfo=UTC) as client:
             recorded: Counter[str] = Counter()
@@ -85,6 +85,20 @@ def test_every_answered_read_is_audited_after_a_kill(tmp_path: Path) -> None:
         database.stop()
     missing = {pid: n - recorded[pid] for pid, n in answered.items() if recorded[pid] < n}
     assert not missing, f"answered reads without an AuditEvent: {missing}"
+
+
+def _reopen(db_path: str, log_path: Path) -> EmbeddedServer:
+    """Open the killed server's files again. The old database process may still be releasing
+    its storage lock when its command line is gone, so a failed start is retried once; a
+    second failure is reported with the database's own log."""
+    try:
+        return EmbeddedServer.start(db_path, log_path=log_path)
+    except RuntimeError:
+        time.sleep(3)
+    try:
+        return EmbeddedServer.start(db_path, log_path=log_path)
+    except RuntimeError as error:
+        raise AssertionError(log_path.read_text(errors="replace")[-2000:]) from error
 
 
 def _command_lines() -> list[str]:
