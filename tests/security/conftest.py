@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC
@@ -12,13 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.store.client import EmbeddedServer, free_port
 from tests.conftest import RunningServer, start_hestia, stop_hestia
-from tests.security.live_server import PATIENT_NAMES, LiveServer, build_app
+from tests.security.live_server import PATIENT_NAMES, LiveServer, build_app, serving_in_thread
 from tests.security.stand_in_idp import StandInIdp, running_idp
 
 # The `aud` tenant "a" of the stand-in IdP puts in its tokens for Hestia (tenant "b" uses the
@@ -30,20 +27,10 @@ IDP_AUDIENCE = "hestia-api"
 def live(database: EmbeddedServer) -> Iterator[LiveServer]:
     port = free_port()
     server_info = LiveServer(root=f"http://127.0.0.1:{port}", db_name=f"sec_{uuid.uuid4().hex[:8]}")
-    config = uvicorn.Config(
-        build_app(server_info, database.uri), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test authorization server did not start")
-        time.sleep(0.05)
-    yield server_info
-    server.should_exit = True
-    thread.join(10)
+    with serving_in_thread(
+        build_app(server_info, database.uri), port, "the test authorization server"
+    ):
+        yield server_info
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,21 @@ security block, a bearer-protected `GET /fhir/Patient/{id}`) and a client's JWK 
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from pymongo import AsyncMongoClient
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from app.api import smart
 from app.main import install_error_handlers
@@ -99,3 +103,21 @@ def build_app(live: LiveServer, uri: str) -> FastAPI:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def serving_in_thread(app: ASGIApp, port: int, what: str) -> Iterator[None]:
+    """Serve `app` with uvicorn on 127.0.0.1:`port` in a thread, for the `with` block."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -6,7 +6,6 @@ counts how often each JWKS is fetched.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
@@ -15,7 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
@@ -24,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.store.client import free_port
+from tests.security.live_server import serving_in_thread
 
 
 def new_rsa_key() -> RSAKey:
@@ -94,18 +93,5 @@ def running_idp(*tenants: str) -> Iterator[StandInIdp]:
     idp = StandInIdp(root=f"http://127.0.0.1:{port}")
     for tenant in tenants:
         idp.add_tenant(tenant)
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(idp), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the stand-in identity provider did not start")
-        time.sleep(0.05)
-    try:
+    with serving_in_thread(build_app(idp), port, "the stand-in identity provider"):
         yield idp
-    finally:
-        server.should_exit = True
-        thread.join(10)
