@@ -27,15 +27,21 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL, seq_key
+from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL
 from app.audit.events import JsonDict
 
 # Stored once per block, not per event.
 BLOCK_FIELDS = ("batch", "writer", "written")
+# The most events one block holds; probes of the `last` index rely on it.
+MAX_BLOCK_EVENTS = 500
+# Seqs covered by one range read of the journal.
+WINDOW_EVENTS = 2_000
 
 
 def block_of(events: list[JsonDict]) -> JsonDict:
     """The journal document of consecutive chained events (from chain.link)."""
+    if not 0 < len(events) <= MAX_BLOCK_EVENTS:
+        raise ValueError(f"a journal block holds 1 to {MAX_BLOCK_EVENTS} events")
     first, last = events[0], events[-1]
     recorded = [event["recorded"] for event in events]
     return {
@@ -58,16 +64,61 @@ def events_of(block: JsonDict) -> list[JsonDict]:
 
 
 async def read_head(
-    journal: AsyncCollection[JsonDict], checkpoints: AsyncCollection[JsonDict]
+    journal: AsyncCollection[JsonDict],
+    checkpoints: AsyncCollection[JsonDict],
+    known: tuple[int, str] | None = None,
 ) -> tuple[int, str]:
-    """(seq, hash) of the newest event; the latest checkpoint, or genesis, if none is left."""
-    newest = await journal.find_one({}, {"last": 1, "hash": 1}, sort=[("_id", DESCENDING)])
-    if newest is not None:
+    """(seq, hash) of the newest event; the latest checkpoint, or genesis, if none is left.
+
+    `known` is a head read earlier: then only the blocks after it are looked at.
+    """
+    if known is not None:
+        newer = await journal.find({"last": {"$gt": known[0]}}, {"last": 1, "hash": 1}).to_list(
+            None
+        )
+        if not newer:
+            return known
+        newest = max(newer, key=lambda block: int(block["last"]))
         return int(newest["last"]), str(newest["hash"])
-    checkpoint = await latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        return int(checkpoint["through_seq"]), str(checkpoint["anchor"])
-    return 0, GENESIS
+    floor = await latest_checkpoint(checkpoints)
+    floor_head = (int(floor["through_seq"]), str(floor["anchor"])) if floor else (0, GENESIS)
+    last = await _newest_seq(journal, floor_head[0])
+    if last is None:
+        return floor_head
+    block = await journal.find_one({"last": last}, {"last": 1, "hash": 1})
+    assert block is not None
+    return int(block["last"]), str(block["hash"])
+
+
+async def _holds(journal: AsyncCollection[JsonDict], seq: int) -> bool:
+    """Whether event `seq` is journaled: the block holding it ends within MAX_BLOCK_EVENTS."""
+    found = await journal.find_one(
+        {"last": {"$gte": seq, "$lt": seq + MAX_BLOCK_EVENTS}}, {"_id": 1}
+    )
+    return found is not None
+
+
+async def _newest_seq(journal: AsyncCollection[JsonDict], floor: int) -> int | None:
+    """The newest journaled seq after `floor`, by a galloping then binary search.
+
+    The embedded database answers a sort with no narrow filter by loading every document, and
+    blocks are large; each probe here is a narrow range of the `last` index instead. Events
+    after the floor are a contiguous run of seqs, so "is seq journaled" is true up to the head
+    and false after it.
+    """
+    if not await _holds(journal, floor + 1):
+        return None
+    low, step = floor + 1, 1
+    while await _holds(journal, low + step):
+        low, step = low + step, step * 2
+    high = low + step  # low is journaled, high is not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if await _holds(journal, middle):
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 async def latest_checkpoint(checkpoints: AsyncCollection[JsonDict]) -> JsonDict | None:
@@ -81,28 +132,43 @@ async def checkpoint_seq(database: AsyncDatabase[Any]) -> int:
 
 
 async def blocks_after(
-    database: AsyncDatabase[Any], seq: int, *, batch_size: int = 100
+    database: AsyncDatabase[Any], seq: int, *, until: int | None = None
 ) -> AsyncIterator[JsonDict]:
-    """The blocks holding events after `seq`, in chain order (the first may start before)."""
+    """The blocks holding events after `seq` (through `until`, default the head), in chain
+    order. Read in narrow windows of the `last` index, for the reason given in _newest_seq."""
     journal = database[JOURNAL]
-    holding = await journal.find_one(
-        {"_id": {"$lte": seq_key(seq + 1)}}, {"_id": 1}, sort=[("_id", DESCENDING)]
-    )
-    start = holding["_id"] if holding is not None else seq_key(0)
-    cursor = journal.find({"_id": {"$gte": start}}).sort("_id", ASCENDING).batch_size(batch_size)
-    async for block in cursor:
-        if int(block.get("last", 0)) > seq:
+    if until is None:
+        until, _ = await read_head(journal, database[CHECKPOINTS])
+    low = seq
+    while low < until:
+        high = min(low + WINDOW_EVENTS, until + MAX_BLOCK_EVENTS)
+        blocks = (
+            await journal.find({"last": {"$gt": low, "$lte": high}})
+            .sort("last", ASCENDING)
+            .to_list(None)
+        )
+        for block in blocks:
             yield block
+        low = high
 
 
-async def journal_events(database: AsyncDatabase[Any], after: int = 0) -> AsyncIterator[JsonDict]:
-    """Every journaled event with seq > `after`, in chain order."""
-    async for block in blocks_after(database, after):
+async def journal_events(
+    database: AsyncDatabase[Any], after: int = 0, *, until: int | None = None
+) -> AsyncIterator[JsonDict]:
+    """Every journaled event with after < seq (<= until, default the head), in chain order."""
+    async for block in blocks_after(database, after, until=until):
         for event in events_of(block):
-            if int(event["_id"]) > after:
+            seq = int(event["_id"])
+            if seq > after and (until is None or seq <= until):
                 yield event
 
 
 async def head_seq(database: AsyncDatabase[Any]) -> int:
     seq, _ = await read_head(database[JOURNAL], database[CHECKPOINTS])
     return seq
+
+
+async def ensure_journal_indexes(database: AsyncDatabase[Any]) -> None:
+    # One entry per block, not per event: cheap on the request path, and what every range
+    # read of the journal goes through.
+    await database[JOURNAL].create_index([("last", ASCENDING)], name="last")

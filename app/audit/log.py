@@ -45,7 +45,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, link
 from app.audit.events import JsonDict
-from app.audit.journal import block_of, read_head
+from app.audit.journal import MAX_BLOCK_EVENTS, block_of, ensure_journal_indexes, read_head
 
 log = logging.getLogger("hestia.audit")
 
@@ -224,9 +224,18 @@ class AuditLog:
             position += count
 
     async def _insert_chained(self, events: list[JsonDict]) -> list[int]:
-        assert self._journal is not None
         self._batch_counter += 1
         batch_id = f"{self.writer_id}:{self._batch_counter}"
+        seqs: list[int] = []
+        for start in range(0, len(events), MAX_BLOCK_EVENTS):
+            seqs += await self._insert_block(events[start : start + MAX_BLOCK_EVENTS], batch_id)
+        self.stats.batches += 1
+        self.stats.events += len(events)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(events))
+        return seqs
+
+    async def _insert_block(self, events: list[JsonDict], batch_id: str) -> list[int]:
+        assert self._journal is not None
         for _ in range(MAX_CHAIN_RETRIES):
             head_seq, head_hash = await self._current_head()
             documents = link(events, head_seq, head_hash, batch=batch_id, writer=self.writer_id)
@@ -235,26 +244,25 @@ class AuditLog:
             except DuplicateKeyError:
                 # Another writer took the next seq: learn the new head and chain after it.
                 self.stats.conflicts += 1
-                self._head = None
+                self._head_at = 0.0
                 continue
             except PyMongoError:
                 # The block may or may not have landed: learn the head again next time.
-                self._head = None
+                self._head_at = 0.0
                 raise
             last = documents[-1]
             self._head = (int(last["_id"]), last["hash"])
             self._head_at = time.monotonic()
-            self.stats.batches += 1
-            self.stats.events += len(events)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(events))
             return [int(d["_id"]) for d in documents]
         raise AuditUnavailable("the audit chain is too contended to append")
 
     async def _current_head(self) -> tuple[int, str]:
+        """The head to chain after. A head this writer knows is re-checked (cheaply: only
+        blocks after it are read) once it is `head_ttl` old or an insert failed."""
         if self._head is not None and time.monotonic() - self._head_at < self.head_ttl:
             return self._head
         assert self._journal is not None and self._checkpoints is not None
-        self._head = await read_head(self._journal, self._checkpoints)
+        self._head = await read_head(self._journal, self._checkpoints, known=self._head)
         self._head_at = time.monotonic()
         return self._head
 
@@ -274,6 +282,7 @@ async def ensure_indexes(database: AsyncDatabase[Any], *, search: bool = False) 
     MongoDB they cost microseconds and should be on.
     """
     await database[CHECKPOINTS].create_index([("through_seq", DESCENDING)], name="through_seq")
+    await ensure_journal_indexes(database)
     if not search:
         return
     events = database[EVENTS]

@@ -23,12 +23,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pymongo import DESCENDING, WriteConcern
+from pymongo import WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from app.audit.chain import EVENTS, indexed
-from app.audit.events import JsonDict
+from app.audit.chain import EVENTS, indexed, seq_key
 from app.audit.journal import checkpoint_seq, journal_events
 
 if TYPE_CHECKING:
@@ -52,10 +51,32 @@ class AuditIndex:
         self.indexed_through = 0
 
     async def watermark(self) -> int:
-        """The newest indexed seq (or the purge checkpoint, or 0)."""
-        newest = await self._events.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)])
-        floor = await checkpoint_seq(self.database)
-        return max(int(newest["_id"]) if newest is not None else 0, floor)
+        """The newest indexed seq (or the purge checkpoint, or 0).
+
+        The index is a contiguous run of seqs after the checkpoint, so "is seq indexed" is
+        true up to the watermark and false after it: found from the last known watermark by
+        point reads of `_id`, the one kind of read the embedded database answers without
+        loading the whole collection.
+        """
+        low = max(self.indexed_through, await checkpoint_seq(self.database))
+        if not await self._has(low + 1):
+            self.indexed_through = low
+            return low
+        low, step = low + 1, 1
+        while await self._has(low + step):
+            low, step = low + step, step * 2
+        high = low + step  # low is indexed, high is not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if await self._has(middle):
+                low = middle
+            else:
+                high = middle
+        self.indexed_through = low
+        return low
+
+    async def _has(self, seq: int) -> bool:
+        return await self._events.find_one({"_id": seq_key(seq)}, {"_id": 1}) is not None
 
     async def catch_up(self, limit: int | None = None) -> int:
         """Index journaled events not indexed yet (at most `limit`); returns how many."""
@@ -73,13 +94,11 @@ class AuditIndex:
     async def _index_some(self, count: int) -> tuple[int, bool]:
         """Index up to `count` events; (indexed, True if nothing is left to index)."""
         after = await self.watermark()
-        documents: list[JsonDict] = []
-        async for event in journal_events(self.database, after):
-            documents.append(indexed(event))
-            if len(documents) >= count:
-                break
+        documents = [
+            indexed(event)
+            async for event in journal_events(self.database, after, until=after + count)
+        ]
         if not documents:
-            self.indexed_through = after
             return 0, True
         try:
             await self._events.insert_many(documents, ordered=True)
@@ -87,8 +106,10 @@ class AuditIndex:
             errors = exc.details.get("writeErrors", [])
             if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
-            # Another process indexed the same events first; carry on after what it did.
-            return int(exc.details.get("nInserted", 0)), False
+            # Another process indexed some of these first: carry on after the one it did.
+            inserted = int(exc.details.get("nInserted", 0))
+            self.indexed_through = int(documents[inserted]["_id"])
+            return inserted, False
         self.indexed_through = int(documents[-1]["_id"])
         return len(documents), len(documents) < count
 

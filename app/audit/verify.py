@@ -21,10 +21,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, EVENTS, GENESIS, derived_fields, digest, seq_key
+from app.audit.chain import (
+    CHECKPOINTS,
+    EVENTS,
+    GENESIS,
+    JOURNAL,
+    derived_fields,
+    digest,
+    seq_key,
+)
 from app.audit.events import JsonDict
 from app.audit.journal import blocks_after, events_of, latest_checkpoint
 
@@ -83,7 +91,11 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
     marker = (start_after, prev)
     expected = start_after + 1
     index = _IndexWalk(database, start_after, batch_size)
-    async for block in blocks_after(database, start_after):
+    # The true newest block, by a full sort: a hole cut into the journal must not make the
+    # walk stop early, as a probe for the head could.
+    newest = await database[JOURNAL].find_one({}, {"last": 1}, sort=[("last", DESCENDING)])
+    until = int(newest["last"]) if newest is not None else start_after
+    async for block in blocks_after(database, start_after, until=until):
         failure = _broken_block(block, expected, prev)
         if failure is not None:
             return report.broken(expected, failure)
@@ -118,6 +130,8 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
 def _broken_block(block: JsonDict, expected: int, prev: str) -> str | None:
     events = block.get("events") or []
     first = int(block.get("first", 0))
+    if block.get("_id") != seq_key(first):
+        return f"the journal block starting at event {first} was moved (its _id is not {first})"
     if first > expected:
         return f"event {expected} is missing (the next stored event is {first})"
     if not events or [int(e["_id"]) for e in events] != list(

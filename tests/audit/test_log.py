@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 
 from app.audit.chain import EVENTS, GENESIS, JOURNAL, digest, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
-from app.audit.journal import events_of
+from app.audit.journal import MAX_BLOCK_EVENTS, events_of
 from app.audit.log import AuditLog, AuditUnavailable
 from app.audit.verify import verify_chain
 from app.store.client import EmbeddedServer, free_port
@@ -332,3 +332,36 @@ async def test_stopped_log_fails_closed(audit_db: Db) -> None:
     transport = httpx.ASGITransport(app=build_app(log), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         assert (await http.get("/fhir/metadata")).status_code == 503
+
+
+async def test_a_commit_larger_than_a_block_is_split_into_consecutive_blocks(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    seqs = await audit_log.append_all([one_event(n) for n in range(MAX_BLOCK_EVENTS * 2 + 7)])
+    assert seqs == list(range(1, MAX_BLOCK_EVENTS * 2 + 8))
+    sizes = [len(b["events"]) async for b in audit_db[JOURNAL].find({}).sort("last", 1)]
+    assert sizes == [MAX_BLOCK_EVENTS, MAX_BLOCK_EVENTS, 7]
+    assert (await verify_chain(audit_db)).ok
+
+
+async def test_a_new_writer_finds_the_head_among_many_blocks_of_any_size(audit_db: Db) -> None:
+    first = AuditLog(window=0)
+    await first.start(audit_db)
+    try:
+        for size in (1, 3, 17, 1, 250, 2, 499, 64, 1, 1):
+            await first.append_all([one_event(n) for n in range(size)])
+    finally:
+        await first.stop()
+    head = sum((1, 3, 17, 1, 250, 2, 499, 64, 1, 1))
+    # A fresh writer (another process, a restart) knows nothing and must chain after `head`.
+    second = AuditLog(window=0)
+    await second.start(audit_db)
+    try:
+        assert await second.append(one_event(0)) == head + 1
+    finally:
+        await second.stop()
+    report = await verify_chain(audit_db)
+    assert report.ok and report.checked == head + 1
+    # The search index finds where it stands the same way, from nothing.
+    assert await index_all(audit_db) == head + 1
+    assert await index_all(audit_db) == 0
