@@ -92,7 +92,11 @@ def serve(settings: Settings, workers: int) -> int:
     embedded = None
     if not settings.mongodb_uri:
         # Launched first, so the database boots while the app's modules import.
-        embedded = start_embedded(settings.data_dir, settings.fhir_base, wait=False)
+        try:
+            embedded = start_embedded(settings.data_dir, settings.fhir_base, wait=False)
+        except RuntimeError as refused:
+            print(f"hestia serve: {refused}", file=sys.stderr)
+            return 1
     import uvicorn
 
     from app.main import create_app

@@ -26,6 +26,8 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
+from app.store.orphans import stop_orphaned_databases
+
 log = logging.getLogger("hestia.store")
 
 RUNTIME_FILE = "hestia-db.json"
@@ -83,6 +85,7 @@ class EmbeddedServer:
         port = free_port()
         if storage_path != ":memory:":
             Path(storage_path).mkdir(parents=True, exist_ok=True)
+            stop_orphaned_databases(storage_path)
         log_file: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         process = subprocess.Popen(
             [
@@ -177,6 +180,12 @@ def start_embedded(data_dir: Path, fhir_base: str = "", *, wait: bool = True) ->
     With `wait=False` the caller overlaps its own start-up with the database's and calls
     `wait_ready()` before using it."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    owner = running_server_info(data_dir).get("pid")
+    if owner is not None and owner != os.getpid():
+        raise RuntimeError(
+            f"another Hestia server (pid {owner}) is using {data_dir}; stop it first, "
+            "or give this one its own --data-dir"
+        )
     server = EmbeddedServer.launch(str(data_dir / "db"), log_path=data_dir / "db.log")
     if wait:
         server.wait_ready()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -84,3 +85,77 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _orphaned_database(storage: Path, log: Path) -> int:
+    """Start an embedded database on `storage` from a process that then exits at once, as a
+    killed `hestia serve` leaves one behind; returns its pid."""
+    script = (
+        "import subprocess, sys\n"
+        "from app.store.client import _secantus_executable, free_port\n"
+        f"log = open({str(log)!r}, 'ab')\n"
+        "p = subprocess.Popen([_secantus_executable(), '--host', '127.0.0.1', '--port',"
+        f" str(free_port()), '--storage-path', {str(storage)!r}], stdout=log, stderr=log,"
+        " start_new_session=True)\n"
+        "print(p.pid)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return int(done.stdout.strip())
+
+
+def test_a_database_orphaned_by_a_killed_server_is_stopped_before_serving_again(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "orphaned"
+    storage = data_dir / "db"
+    storage.mkdir(parents=True)
+    orphan = _orphaned_database(storage, tmp_path / "orphan.log")
+    # Let it take its storage lock, as the database of a running server has.
+    time.sleep(2)
+    assert pid_alive(orphan)
+    assert _parent_of(orphan) <= 1, "the stand-in orphan was not reparented to init"
+
+    server = start_hestia(tmp_path, {}, name="orphaned")
+    try:
+        assert httpx.get(f"{server.fhir}/metadata").status_code == 200
+        assert not pid_alive(orphan) or _is_zombie(orphan)
+        assert "orphaned embedded database" in server.log.read_text()
+    finally:
+        stop_hestia(server)
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused_clearly(tmp_path: Path) -> None:
+    first = start_hestia(tmp_path, {}, name="shared")
+    try:
+        data_dir = str(tmp_path / "shared")
+        second = subprocess.run(
+            [sys.executable, "-m", "app", "serve", "--port", "1", "--data-dir", data_dir],
+            cwd=ROOT,
+            env={**os.environ, "HESTIA_AUTH": "off"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1
+        assert f"pid {first.process.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        # The running server is untouched, database included.
+        assert httpx.get(f"{first.fhir}/metadata").status_code == 200
+    finally:
+        stop_hestia(first)
+
+
+def _parent_of(pid: int) -> int:
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
