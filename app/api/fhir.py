@@ -113,15 +113,24 @@ def note_version(request: Request, version: Version | None) -> None:
     )
 
 
-def note_bundle(request: Request, bundle: JsonDict) -> None:
-    """The patients whose data a search or history bundle carries, for the audit record."""
+def note_bundle(
+    request: Request, bundle: JsonDict, entry_patients: dict[str, list[str]] | None = None
+) -> None:
+    """The patients whose data a search or history bundle carries, for the audit record.
+
+    `entry_patients` (fullUrl → stored compartments, from the search engine) spares extracting
+    them again from each resource; entries it does not cover are extracted."""
     if not services(request).settings.audit:
         return
+    known = entry_patients or {}
     found: dict[str, None] = {}
     for entry in bundle.get("entry") or ():
         resource = entry.get("resource")
         if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
-            found.update(dict.fromkeys(patient_compartments(resource)))
+            stored = known.get(str(entry.get("fullUrl")))
+            found.update(
+                dict.fromkeys(stored if stored is not None else patient_compartments(resource))
+            )
     audit_note(request, patients=list(found))
 
 
@@ -553,6 +562,7 @@ async def _search(
     """Run a search; `items` are all the request's parameters, result parameters included."""
     svc = services(request)
     settings = svc.settings
+    entry_patients: dict[str, list[str]] = {}
     bundle = await svc.search.search(
         resource_type,
         items + access.extra_criteria(),
@@ -562,6 +572,7 @@ async def _search(
         strict=prefer_strict(request),
         compartment=compartment,
         patient_scope=access.patient_scope,
+        entry_patients=entry_patients,
     )
     context = await caller(request)
     # Included resources of types the token may not search are dropped, never shown.
@@ -573,7 +584,7 @@ async def _search(
             if e.get("search", {}).get("mode") != "include"
             or context.permits("search", str(e.get("resource", {}).get("resourceType")))
         ]
-    note_bundle(request, bundle)
+    note_bundle(request, bundle, entry_patients)
     return FhirResponse(bundle, pretty=is_pretty(request))
 
 

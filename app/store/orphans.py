@@ -76,9 +76,7 @@ def stop_orphaned_databases(storage_path: str, *, grace_seconds: float = 5.0) ->
     for pid in database_processes(storage_path):
         if not _is_orphan(pid):
             continue
-        log.warning(
-            "stopping an orphaned embedded database (pid %d) left on %s", pid, storage_path
-        )
+        log.warning("stopping an orphaned embedded database (pid %d) left on %s", pid, storage_path)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, grace_seconds):

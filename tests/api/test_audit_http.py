@@ -154,3 +154,41 @@ def test_verify_detects_a_tampered_event(server: tuple[RunningServer, Path]) -> 
     broken = hestia(data_dir, "audit", "verify")
     assert broken.returncode == 1
     assert "2" in broken.stdout and "broken" in broken.stdout.lower()
+
+
+def test_a_search_over_two_patients_records_one_event_per_patient(
+    server: tuple[RunningServer, Path],
+) -> None:
+    running, data_dir = server
+    base = running.fhir
+    admin = token(data_dir, "system/*.cruds")
+    auditor = token(data_dir, "user/AuditEvent.rs")
+    code = f"audit-{time.time_ns()}"
+    patients = []
+    for _ in range(2):
+        pid = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=admin)
+        patients.append(pid.json()["id"])
+        observation = {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "urn:test", "code": code}]},
+            "subject": {"reference": f"Patient/{patients[-1]}"},
+        }
+        assert httpx.post(f"{base}/Observation", json=observation, headers=admin).is_success
+    since = now()
+    found = httpx.get(
+        f"{base}/Observation",
+        params={"code": f"urn:test|{code}", "_include": "Observation:subject"},
+        headers=admin,
+    )
+    assert found.status_code == 200 and len(found.json()["entry"]) == 4
+    searches = [e for e in events(base, auditor, date=f"ge{since}") if subtype(e) == "search-type"]
+    searches = [e for e in searches if any("query" in x for x in e.get("entity", []))]
+    named = sorted(
+        x["what"]["reference"]
+        for e in searches
+        for x in e["entity"]
+        if x.get("role", {}).get("code") == "1"
+    )
+    assert named == sorted(f"Patient/{p}" for p in patients)
+    assert len(searches) == 2

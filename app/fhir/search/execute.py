@@ -111,7 +111,11 @@ class SearchEngine:
         strict: bool = False,
         compartment: tuple[str, str] | None = None,
         patient_scope: list[str] | None = None,
+        entry_patients: dict[str, list[str]] | None = None,
     ) -> JsonDict:
+        """The searchset Bundle. `entry_patients`, if given, receives each entry's fullUrl →
+        the patient compartments stored with it (what an audit record names), so that the
+        caller need not extract them again from the resources."""
         base_url = base_url.rstrip("/")
         cursor_text = next((v for k, v in reversed(items) if k == CURSOR_PARAM), None)
         types = await self._types(resource_type, items, compartment)
@@ -163,6 +167,10 @@ class SearchEngine:
         links = self._links(
             path, items, order, cursor, page, has_more, controls, total, fingerprint
         )
+        if entry_patients is not None:
+            for rtype, doc in (*page, *included):
+                if "compartments" in doc:
+                    entry_patients[f"{base_url}/{rtype}/{doc['_id']}"] = doc["compartments"]
         return self._bundle(base_url, page, included, total, links, warnings, controls)
 
     async def match_ids(
@@ -382,6 +390,7 @@ class SearchEngine:
         projection: JsonDict = {f: 1 for f in sorted(fields) if f != "_id"}
         if resource:
             projection["resource"] = 1
+            projection["compartments"] = 1
         return projection or {"_id": 1}
 
     async def _select(
