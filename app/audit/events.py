@@ -10,7 +10,6 @@ carry PHI). A search's query string is the one exception BALP requires (`entity.
 from __future__ import annotations
 
 import base64
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -284,9 +283,9 @@ def build_events(facts: AuditFacts, source: AuditSource) -> list[JsonDict]:
         groups = [patients]
     events = []
     for group in groups:
+        # No id yet: the log gives each event its chain seq as id (app/audit/chain.link).
         event: JsonDict = {
             "resourceType": "AuditEvent",
-            "id": uuid.uuid4().hex,
             "type": kind.type,
             "subtype": [kind.subtype],
             "action": kind.action,
