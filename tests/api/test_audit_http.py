@@ -61,13 +61,19 @@ def subtype(event: dict) -> str:
     return str(event["subtype"][0]["code"])
 
 
+def admin_and_auditor(
+    server: tuple[RunningServer, Path],
+) -> tuple[str, Path, dict[str, str], dict[str, str]]:
+    """The FHIR base, the data dir, and headers of an all-powerful client and an auditor."""
+    running, data_dir = server
+    admin = token(data_dir, "system/*.cruds")
+    return running.fhir, data_dir, admin, token(data_dir, "user/AuditEvent.rs")
+
+
 def test_reads_writes_and_denials_are_each_recorded_once(
     server: tuple[RunningServer, Path],
 ) -> None:
-    running, data_dir = server
-    base = running.fhir
-    admin = token(data_dir, "system/*.cruds")
-    auditor = token(data_dir, "user/AuditEvent.rs")
+    base, data_dir, admin, auditor = admin_and_auditor(server)
     since = now()
     patient = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=admin).json()
     pid = patient["id"]
@@ -159,10 +165,7 @@ def test_verify_detects_a_tampered_event(server: tuple[RunningServer, Path]) -> 
 def test_a_search_over_two_patients_records_one_event_per_patient(
     server: tuple[RunningServer, Path],
 ) -> None:
-    running, data_dir = server
-    base = running.fhir
-    admin = token(data_dir, "system/*.cruds")
-    auditor = token(data_dir, "user/AuditEvent.rs")
+    base, _, admin, auditor = admin_and_auditor(server)
     code = f"audit-{time.time_ns()}"
     patients = []
     for _ in range(2):
