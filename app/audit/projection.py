@@ -143,7 +143,10 @@ class AuditIndex:
             try:
                 while writer.head_seq > self.indexed_through:
                     if writer.idle_for() >= quiet_s:
-                        await self.catch_up(limit=self.chunk)
+                        # Nothing indexed means nothing indexable (e.g. a hole cut into the
+                        # journal, which verify reports): wait for the next tick, do not spin.
+                        if not await self.catch_up(limit=self.chunk):
+                            break
                     elif writer.head_seq - self.indexed_through > max_backlog:
                         await self.catch_up(limit=self.chunk)
                         break
