@@ -46,28 +46,35 @@ def database_processes(storage_path: str) -> list[int]:
     return found
 
 
-def _parent(pid: int) -> int | None:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, …); None if gone."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     # The command name in parentheses may hold spaces; the fields after it are fixed.
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    return stat.rsplit(")", 1)[1].split()
 
 
 def _is_orphan(pid: int) -> bool:
-    parent = _parent(pid)
+    fields = _stat(pid)
     # Reparented to init (or to nothing): whatever started it is gone.
-    return parent is not None and parent <= 1
+    return fields is not None and int(fields[1]) <= 1
+
+
+def _gone(pid: int) -> bool:
+    # A zombie has exited and released its files; only its reaping by init is pending.
+    fields = _stat(pid)
+    return fields is None or fields[0] == "Z"
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not (PROC / str(pid)).exists():
+        if _gone(pid):
             return True
         time.sleep(0.05)
-    return not (PROC / str(pid)).exists()
+    return _gone(pid)
 
 
 def stop_orphaned_databases(storage_path: str, *, grace_seconds: float = 5.0) -> list[int]:

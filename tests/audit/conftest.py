@@ -13,14 +13,14 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.audit.chain import JOURNAL, seq_key
-from app.audit.journal import head_seq as journal_head_seq
-from app.audit.journal import journal_events
+from app.audit.journal import head_seq, journal_events
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.store.client import EmbeddedServer
 from tests.audit.app_under_test import build_app
 
 Db = AsyncDatabase[dict[str, Any]]
+__all__ = ["Db", "head_seq", "index_all", "stored", "tamper_journal"]
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +57,6 @@ async def http(audit_log: AuditLog) -> AsyncIterator[httpx.AsyncClient]:
 async def stored(db: Db, after: int = 0) -> list[dict[str, Any]]:
     """Journaled audit events with seq > after, in chain order."""
     return [event async for event in journal_events(db, after)]
-
-
-async def head_seq(db: Db) -> int:
-    return await journal_head_seq(db)
 
 
 async def index_all(db: Db) -> int:
