@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -21,9 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextmanager
 def running_hestia(
-    *, workers: int = 1, mongodb_uri: str = "", auth: bool = False, audit: bool = True
+    *,
+    workers: int = 1,
+    mongodb_uri: str = "",
+    auth: bool = False,
+    audit: bool = True,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Iterator[str]:
-    """A `hestia serve` child on a free port; yields the FHIR base URL.
+    """A `hestia serve` child on a free port; yields the FHIR base URL. `on_start` receives the
+    child process once it answers (to measure its CPU, for example).
 
     Without `mongodb_uri` it starts its own embedded database on a temporary directory, which is
     how a laptop runs it.
@@ -59,6 +65,8 @@ def running_hestia(
         base = f"http://127.0.0.1:{port}/fhir"
         try:
             wait_until_up(base, process)
+            if on_start is not None:
+                on_start(process)
             yield base
         finally:
             process.terminate()
@@ -66,6 +74,30 @@ def running_hestia(
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU of a process and all its descendants, from /proc (Linux; 0 elsewhere).
+
+    For a `hestia serve` child that is the server, its workers and the embedded database."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, frontier = 0.0, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        total += cpu.get(pid, 0.0)
+        frontier.extend(child for child, parent in parents.items() if parent == pid)
+    return total
 
 
 def wait_until_up(base: str, process: subprocess.Popen[bytes], timeout: float = 60) -> float:

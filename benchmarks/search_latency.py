@@ -3,6 +3,7 @@
     python -m benchmarks.search_latency                        # temp store, load, measure
     python -m benchmarks.search_latency --storage /tmp/sb      # keep (and reuse) the store
     python -m benchmarks.search_latency --storage /tmp/sb --http   # also over HTTP
+    python -m benchmarks.search_latency --storage /tmp/sb --http --audit both
 
 It starts an embedded SecantusDB on disk, loads the seeded data set of search_dataset.py
 (stored documents built by the server's own write code, see there), then times:
@@ -320,25 +321,30 @@ async def measure(args: argparse.Namespace, server: EmbeddedServer, storage: Pat
     )
     await client.close()
     if args.http:
-        with running_hestia(mongodb_uri=server.uri) as base:
-            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-                failures: Counter[str] = Counter()
+        for audit in ("on", "off") if args.audit == "both" else (args.audit,):
+            await time_over_http(server.uri, audit, patients, args)
 
-                async def over_http(rtype: str, items: Items) -> JsonDict:
-                    response = await http.get(f"/{rtype}", params=tuple(items))
-                    if response.status_code != 200:
-                        # Counted and shown, not fatal: one refused request (e.g. a 503 from
-                        # the audit gate) should not discard the run.
-                        failures[f"{response.status_code} {response.text[:120]}"] += 1
-                        return {}
-                    return dict(response.json())
 
-                timings = await time_queries(
-                    over_http, Workload(patients, args.seed + 2), args.samples
-                )
-        print_timings("over HTTP (python -m app serve, 1 worker, auth off):", timings)
-        for failure, times in failures.items():
-            print(f"  NOT 200 ({times}x, their latency included above): {failure}")
+async def time_over_http(
+    uri: str, audit: str, patients: list[str], args: argparse.Namespace
+) -> None:
+    with running_hestia(mongodb_uri=uri, audit=audit == "on") as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            failures: Counter[str] = Counter()
+
+            async def over_http(rtype: str, items: Items) -> JsonDict:
+                response = await http.get(f"/{rtype}", params=tuple(items))
+                if response.status_code != 200:
+                    # Counted and shown, not fatal: one refused request (e.g. a 503 from
+                    # the audit gate) should not discard the run.
+                    failures[f"{response.status_code} {response.text[:120]}"] += 1
+                    return {}
+                return dict(response.json())
+
+            timings = await time_queries(over_http, Workload(patients, args.seed + 2), args.samples)
+    print_timings(f"over HTTP (python -m app serve, 1 worker, auth off, audit {audit}):", timings)
+    for failure, times in failures.items():
+        print(f"  NOT 200 ({times}x, their latency included above): {failure}")
 
 
 def main() -> None:
@@ -354,6 +360,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="timed searches per query")
     parser.add_argument("--processes", type=int, default=2, help="index-extraction processes")
     parser.add_argument("--http", action="store_true", help="also time over HTTP")
+    parser.add_argument(
+        "--audit", choices=("on", "off", "both"), default="on", help="server audit, with --http"
+    )
     parser.add_argument("--load-only", action="store_true")
     args = parser.parse_args()
     temporary = args.storage is None

@@ -2,10 +2,13 @@
 concurrent clients through BundleProcessor (validation, reference rewriting, index extraction,
 current + history writes, one MongoDB transaction per Bundle) against an embedded SecantusDB.
 
-It calls BundleProcessor directly, in one process, as the POST /fhir route will: HTTP parsing
-and JSON encoding of the response are not included.
+By default it calls BundleProcessor directly, in one process, on an in-memory database without
+search indexes: the cost of the transaction code alone. `--http` measures what a client of a
+running server gets: a real `hestia serve` (on-disk embedded database, search indexes, read-cache
+change feed, audit as configured) receives the Bundles over HTTP from this process.
 
     python benchmarks/transaction_ingest.py --bundles 40 --clients 4 [--profile]
+    python benchmarks/transaction_ingest.py --http [--audit off] --bundles 200
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import os
 import pstats
 import random
+import subprocess
 import sys
 import time
 import uuid
@@ -26,6 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import httpx
+import orjson
 from pymongo import AsyncMongoClient
 
 from app.fhir.bundle import BundleProcessor
@@ -33,6 +39,7 @@ from app.fhir.interactions import Interactions
 from app.fhir.search.execute import SearchEngine
 from app.store.client import EmbeddedServer
 from app.store.versions import Store
+from benchmarks.harness import percentile, running_hestia, tree_cpu_seconds
 
 JsonDict = dict[str, Any]
 BASE = "http://bench.local/fhir"
@@ -282,6 +289,56 @@ async def run(args: argparse.Namespace) -> None:
         server.stop()
 
 
+async def run_http(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
+    bundles = [synthea_like_bundle(rng, args.entries) for _ in range(args.bundles)]
+    warmup = [synthea_like_bundle(rng, args.entries) for _ in range(args.clients)]
+    bodies = [orjson.dumps(b) for b in bundles]
+    server: list[subprocess.Popen[bytes]] = []
+    with running_hestia(audit=args.audit == "on", on_start=server.append) as base:
+        async with httpx.AsyncClient(
+            timeout=120, headers={"content-type": "application/fhir+json"}
+        ) as http:
+            for bundle in warmup:
+                (await http.post(base, content=orjson.dumps(bundle))).raise_for_status()
+            queue: asyncio.Queue[bytes] = asyncio.Queue()
+            for body in bodies:
+                queue.put_nowait(body)
+            latencies: list[float] = []
+
+            async def client_loop() -> None:
+                while not queue.empty():
+                    body = queue.get_nowait()
+                    began = time.perf_counter()
+                    response = await http.post(base, content=body)
+                    latencies.append(time.perf_counter() - began)
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+
+            server_cpu = tree_cpu_seconds(server[0].pid)
+            began = time.perf_counter()
+            await asyncio.gather(*(client_loop() for _ in range(args.clients)))
+            elapsed = time.perf_counter() - began
+            server_cpu = tree_cpu_seconds(server[0].pid) - server_cpu
+            total = (await http.get(f"{base}/Observation", params={"_summary": "count"})).json()[
+                "total"
+            ]
+    resources = args.bundles * args.entries
+    print(
+        f"HTTP, audit {args.audit}: bundles={args.bundles} entries/bundle={args.entries} "
+        f"clients={args.clients}; stored Observations={total}"
+    )
+    print(
+        f"throughput: {resources / elapsed:,.0f} resources/s ({args.bundles / elapsed:.1f} "
+        f"bundles/s); bundle latency p50={percentile(latencies, 0.5) * 1000:.0f} ms "
+        f"p95={percentile(latencies, 0.95) * 1000:.0f} ms"
+    )
+    print(
+        f"server CPU (app + database) per resource: {server_cpu / resources * 1000:.2f} ms "
+        f"(the two cores alone could serve {resources / max(server_cpu / 2, 1e-9):,.0f}/s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundles", type=int, default=40, help="bundles to ingest (default 40)")
@@ -291,7 +348,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the measured run")
     parser.add_argument("--sort", default="tottime", help="pstats sort key (tottime)")
     parser.add_argument("--top", type=int, default=30, help="profile rows to print (30)")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--http", action="store_true", help="post to a real `hestia serve`")
+    parser.add_argument("--audit", choices=("on", "off"), default="on", help="with --http")
+    args = parser.parse_args()
+    asyncio.run(run_http(args) if args.http else run(args))
 
 
 if __name__ == "__main__":
