@@ -24,6 +24,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,10 @@ def prepared_bundles(count: int, entries: int, seed: int) -> list[list[WriteSpec
     return bundles
 
 
+def _fixed(resource: JsonDict | None) -> Callable[[int], JsonDict | None]:
+    return lambda _vid: resource
+
+
 async def write_all(store: Store, bundles: list[list[WriteSpec]], clients: int) -> float:
     queue = list(reversed(bundles))
 
@@ -72,7 +77,7 @@ async def write_all(store: Store, bundles: list[list[WriteSpec]], clients: int) 
                 batch = WriteBatch(store)
                 updated = now_utc()
                 for spec in specs:
-                    batch.add(spec, None, updated, lambda _vid, r=spec.resource: r)
+                    batch.add(spec, None, updated, _fixed(spec.resource))
                 await batch.flush(session)
 
             await store.run_transaction(work)
