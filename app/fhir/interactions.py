@@ -80,6 +80,14 @@ class UnitOfWork:
 
 
 @dataclass(frozen=True)
+class Current:
+    """A resource's current-collection document as the caller already read it in this
+    transaction (`doc` None: never stored), so a write need not read it again."""
+
+    doc: JsonDict | None
+
+
+@dataclass(frozen=True)
 class PatchRequest:
     """A parsed PATCH body and the Content-Type that says which format it is."""
 
@@ -301,8 +309,13 @@ class Interactions:
         *,
         if_match: int | None = None,
         if_none_match_any: bool = False,
+        current: Current | None = None,
     ) -> Result:
-        doc = await self.store.read_current(resource_type, resource_id, uow.session)
+        doc = (
+            current.doc
+            if current is not None
+            else await self.store.read_current(resource_type, resource_id, uow.session)
+        )
         current_vid = int(doc["vid"]) if doc else None
         live = doc is not None and not doc.get("deleted")
         if if_match is not None and (current_vid != if_match or not live):

@@ -9,7 +9,7 @@ transaction, so a concurrent writer can only make the transaction retry, never b
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -30,10 +30,13 @@ async def resolve_entries(
     result: MappingResult,
     *,
     skip: Iterable[str] = (),
+    current: Mapping[str, JsonDict | None] | None = None,
 ) -> list[JsonDict]:
     """The mapped Bundle's entries with every planned resource merged into its stored version.
 
     `skip` names entries (by `Type/id`) to leave out, e.g. the Provenance written separately.
+    `current` holds current-collection documents already read in `session` (by `Type/id`,
+    None: never stored); others are read here.
     """
     skipped = set(skip)
     entries: list[JsonDict] = []
@@ -44,7 +47,10 @@ async def resolve_entries(
         plan = result.plan_for(entry)
         if plan is not None:
             kind, _, resource_id = url.partition("/")
-            doc = await store.read_current(kind, resource_id, session)
+            if current is not None and url in current:
+                doc = current[url]
+            else:
+                doc = await store.read_current(kind, resource_id, session)
             stored = doc["resource"] if doc and not doc.get("deleted") else None
             entry = {**entry, "resource": merge_resource(stored, entry["resource"], plan)}
         entries.append(entry)

@@ -27,13 +27,14 @@ from typing import Any
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import PyMongoError
 
-from app.fhir.interactions import Interactions, UnitOfWork
+from app.fhir.interactions import Current, Interactions, UnitOfWork, version_from_doc
 from app.fhir.outcome import FhirError
 from app.fhir.search.parameters import registry
 from app.ingest.acks import HTTP_STATUS, batch_envelope, internal_error, is_batch, worst
 from app.ingest.header import Header, read_header
 from app.ingest.merging import repoint_references, resolve_entries
 from app.ingest.mllp import MllpServer, MllpSettings
+from app.ingest.writes import unchanged
 from app.store.raw import FAILED_STATUSES, RawPayload, RawSource, RawStore, Status
 from app.store.versions import StoreUnavailable, Version, VersionConflict, WriteBatch, now_utc
 from mappers.hl7v2 import (
@@ -377,7 +378,10 @@ class Hl7v2Ingestor:
 
         async def attempt(session: AsyncClientSession) -> _Applied:
             uow = UnitOfWork(session, WriteBatch(self.store), (payload.id,))
-            entries = await resolve_entries(self.store, session, result, skip=skip)
+            # Every resource the message names is read once, with one query per type: the
+            # merges and the version checks below both work from these documents.
+            current = await self._read_current(session, result)
+            entries = await resolve_entries(self.store, session, result, skip=skip, current=current)
             if result.patient_merges:
                 written_urls = [e["request"]["url"] for e in entries]
                 entries += await repoint_references(
@@ -389,14 +393,14 @@ class Hl7v2Ingestor:
                 )
             versions: list[Version] = []
             for entry in entries:
-                versions.append(await self._put(uow, entry["resource"]))
+                versions.append(await self._put(uow, entry["resource"], current))
             provenance: Version | None = None
             if provenance_entry is not None:
                 body = {
                     **provenance_entry["resource"],
                     "target": [{"reference": _versioned(v)} for v in versions],
                 }
-                provenance = await self._put(uow, body)
+                provenance = await self._put(uow, body, current)
             await uow.flush()
             await self.raw.record(
                 payload.id,
@@ -414,10 +418,37 @@ class Hl7v2Ingestor:
 
         return await self.store.run_transaction(attempt)
 
-    async def _put(self, uow: UnitOfWork, resource: JsonDict) -> Version:
+    async def _read_current(
+        self, session: AsyncClientSession, result: MappingResult
+    ) -> dict[str, JsonDict | None]:
+        """The current documents of every `Type/id` the mapped Bundle writes, by URL (None:
+        never stored)."""
+        by_type: dict[str, list[str]] = {}
+        for entry in result.bundle["entry"]:
+            kind, _, resource_id = entry["request"]["url"].partition("/")
+            by_type.setdefault(kind, []).append(resource_id)
+        current: dict[str, JsonDict | None] = {}
+        for kind, ids in by_type.items():
+            found = await self.store.read_current_many(kind, ids, session)
+            current.update({f"{kind}/{i}": found.get(i) for i in ids})
+        return current
+
+    async def _put(
+        self,
+        uow: UnitOfWork,
+        resource: JsonDict,
+        current: dict[str, JsonDict | None],
+    ) -> Version:
+        """Stage the next version of `resource`, or, when it says exactly what the stored one
+        says, keep that version: feeds repeat the patient and the visit in every message, and a
+        repeat adds no version. The Provenance still names it, at the version it confirmed."""
         kind, resource_id = str(resource["resourceType"]), str(resource["id"])
+        url = f"{kind}/{resource_id}"
+        known = Current(current[url]) if url in current else None
+        if known is not None and known.doc is not None and unchanged(known.doc, resource):
+            return version_from_doc(kind, {**known.doc, "id": resource_id})
         self.interactions.prepare_update(kind, resource_id, resource)
-        written = await self.interactions.update_in(uow, kind, resource_id, resource)
+        written = await self.interactions.update_in(uow, kind, resource_id, resource, current=known)
         assert written.version is not None
         return written.version
 

@@ -42,6 +42,16 @@ def _content(resource: JsonDict) -> JsonDict:
     return {k: v for k, v in resource.items() if k != "meta"}
 
 
+def unchanged(stored: JsonDict | None, resource: JsonDict) -> bool:
+    """Whether `resource` says exactly what the live current document `stored` holds (meta
+    aside), so writing it would only add a version identical to the last."""
+    return (
+        stored is not None
+        and not stored.get("deleted")
+        and _content(stored["resource"]) == _content(resource)
+    )
+
+
 async def current_docs(
     interactions: Interactions, uow: UnitOfWork, kind: str, ids: Sequence[str]
 ) -> dict[str, JsonDict]:
@@ -74,7 +84,7 @@ async def put_all(
         for resource in items:
             resource_id = str(resource["id"])
             doc = stored.get(resource_id)
-            if doc is not None and _content(doc["resource"]) == _content(resource):
+            if unchanged(doc, resource):
                 counts.unchanged.append(f"{kind}/{resource_id}")
                 continue
             interactions.prepare_update(kind, resource_id, resource)
@@ -130,5 +140,6 @@ __all__ = [
     "provenance",
     "put_all",
     "put_provenance",
+    "unchanged",
     "versioned",
 ]

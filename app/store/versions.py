@@ -198,6 +198,24 @@ class Store:
             cache.put(resource_type, resource_id, doc, began)
         return doc
 
+    async def read_current_many(
+        self, resource_type: str, resource_ids: Sequence[str], session: AsyncClientSession
+    ) -> dict[str, Doc]:
+        """The current-collection documents of `resource_ids` (deleted ones included), read in
+        the caller's transaction with one query; ids never stored are absent."""
+        if not resource_ids:
+            return {}
+        docs = (
+            await self.current(resource_type)
+            .find(
+                {"_id": {"$in": list(dict.fromkeys(resource_ids))}},
+                {"resource": 1, "vid": 1, "updated": 1, "deleted": 1, "compartments": 1},
+                session=session,
+            )
+            .to_list(None)
+        )
+        return {str(doc["_id"]): doc for doc in docs}
+
     async def read_version(
         self,
         resource_type: str,

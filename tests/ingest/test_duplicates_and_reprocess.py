@@ -138,10 +138,30 @@ async def test_reprocess_one_payload_by_id(wiring: Wiring, http: httpx.AsyncClie
     response = await http.post("/ingest/hl7v2/$reprocess", params={"payload": first.raw_id})
     (done,) = response.json()["reprocessed"]
     assert done["status"] == "mapped"
-    # Re-mapping writes new versions of the same resources (ids are deterministic) and a new
-    # version of the same Provenance naming them.
-    assert done["provenance"].rsplit("/", 1)[1] == "2"
-    assert {r.rsplit("/_history/", 1)[0] for r in done["resources"]} == {
-        r.rsplit("/_history/", 1)[0] for r in first.resources
-    }
+    # Re-mapping with the same mapper finds every resource (ids are deterministic) exactly as
+    # stored: it adds no version, and its Provenance is the first one.
+    assert done["provenance"] == first.provenance
+    assert done["resources"] == first.resources
     assert await wiring.count("Observation") == 1
+
+
+async def test_a_repeated_patient_adds_no_version_but_is_named_by_the_provenance(
+    wiring: Wiring,
+) -> None:
+    first = await wiring.ingestor.ingest(_oru("U-1"), transport="mllp", peer="a:1")
+    # A new result for the same patient: the PID says what is stored already.
+    second = await wiring.ingestor.ingest(_oru("U-2", "120"), transport="mllp", peer="a:1")
+    assert (first.status, second.status) == ("mapped", "mapped")
+    patient = next(r for r in first.resources if r.startswith("Patient/"))
+    assert patient.endswith("/_history/1")
+    assert patient in second.resources  # the version it confirmed, not a new one
+    assert await wiring.store.count_history({"type": "Patient"}) == 1
+    assert second.provenance is not None
+    provenance_id = second.provenance.split("/")[1]
+    doc = await wiring.store.read_current("Provenance", provenance_id)
+    assert doc is not None
+    assert {"reference": patient} in doc["resource"]["target"]
+    # A changed PID is written as the next version.
+    changed = _oru("U-3").replace(b"DOE^JOHN", b"DOE^JONATHAN")
+    third = await wiring.ingestor.ingest(changed, transport="mllp", peer="a:1")
+    assert patient.replace("/_history/1", "/_history/2") in third.resources
