@@ -32,6 +32,7 @@ from app.store.client import Database, EmbeddedServer
 from app.store.indexes import ensure_search_indexes
 from app.store.raw import RawSource, RawStore
 from app.store.versions import Store, WriteBatch
+from benchmarks.mllp_throughput import process_cpu
 
 HEADER = "patient_id,loinc,value,unit,effective,status,display,specimen_id\n"
 # LOINC code, units it may arrive in, and a plausible value in the first unit.
@@ -98,6 +99,8 @@ class Result:
     report: CsvReport
     rss_samples: list[int] = field(default_factory=list)
     peak_kib: int = 0
+    app_cpu: float = 0.0
+    db_cpu: float = 0.0
 
 
 async def file_blocks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
@@ -119,7 +122,8 @@ async def create_patients(interactions: Interactions, ids: list[str]) -> None:
         await store.run_transaction(work)
 
 
-async def run(uri: str, rows: int, chunk: int, patients: int, path: Path) -> Result:
+async def run(server: EmbeddedServer, rows: int, chunk: int, patients: int, path: Path) -> Result:
+    uri = server.uri
     database = Database(uri, f"bench_csv_{uuid.uuid4().hex[:8]}")
     store = Store(database.db)
     types = ["Patient", "Observation", "Provenance"]
@@ -143,6 +147,7 @@ async def run(uri: str, rows: int, chunk: int, patients: int, path: Path) -> Res
             print(f"  {done:>8} rows  rss {samples[-1] / 1024:7.1f} MiB", flush=True)
 
     started = time.perf_counter()
+    app_cpu, db_cpu = time.process_time(), process_cpu(server.process.pid)
     report = await ingestor.ingest_stream(
         file_blocks(path),
         map_name="lab-results",
@@ -150,10 +155,11 @@ async def run(uri: str, rows: int, chunk: int, patients: int, path: Path) -> Res
         progress=progress,
     )
     seconds = time.perf_counter() - started
+    app_cpu, db_cpu = time.process_time() - app_cpu, process_cpu(server.process.pid) - db_cpu
     await database.client.drop_database(database.db.name)
     await database.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return Result(report.rows_read, seconds, report, samples, peak)
+    return Result(report.rows_read, seconds, report, samples, peak, app_cpu, db_cpu)
 
 
 def main() -> None:
@@ -161,21 +167,26 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--patients", type=int, default=2000)
+    parser.add_argument("--memory", action="store_true", help="in-memory database")
     args = parser.parse_args()
-    server = EmbeddedServer.start(":memory:")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedServer.start(":memory:" if args.memory else f"{tmp}/db")
+        try:
             result = asyncio.run(
-                run(server.uri, args.rows, args.chunk, args.patients, Path(tmp) / "labs.csv")
+                run(server, args.rows, args.chunk, args.patients, Path(tmp) / "labs.csv")
             )
-    finally:
-        server.stop()
+        finally:
+            server.stop()
     report = result.report
     print(
         f"rows read {report.rows_read}, created {report.created}, rejected "
         f"{report.rows_rejected}, unchanged {report.unchanged}"
     )
     print(f"time {result.seconds:.1f} s: {result.rows / result.seconds:,.0f} rows/s")
+    print(
+        f"CPU per row: app {result.app_cpu / result.rows * 1000:.2f} ms, database "
+        f"{result.db_cpu / result.rows * 1000:.2f} ms"
+    )
     if result.rss_samples:
         print(
             f"rss during ingest: min {min(result.rss_samples) / 1024:.1f} MiB, max "
