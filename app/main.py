@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +16,7 @@ from starlette.responses import Response
 from app.api import fhir, ingest, smart
 from app.api.audit import AuditMiddleware
 from app.api.cors import BrowserAppCors
+from app.api.errors import InternalErrorBoundary, internal_error, log_unexpected
 from app.api.http import error_response
 from app.audit.chain import audit_database_name
 from app.audit.events import AuditSource
@@ -175,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(fhir.router)
     install_error_handlers(app)
+    app.add_middleware(InternalErrorBoundary)
     if settings.cors_origins:
         # Added before the audit gate, so inside it; outside routing and authentication, so
         # a preflight is answered before it could meet a 401, 404 or 405.
@@ -249,13 +250,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # Log the type and the frames only: exception texts can carry PHI from the payload.
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        log.error(
-            "unexpected %s on %s %s\n%s",
-            type(exc).__name__,
-            request.method,
-            request.url.path,
-            frames,
-        )
-        return error_response(FhirError("Internal server error", status=500, code="exception"))
+        # Only failures outside InternalErrorBoundary (in the outer middlewares) reach here.
+        log_unexpected(exc, request.method, request.url.path)
+        return error_response(internal_error())
