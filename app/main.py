@@ -47,6 +47,7 @@ from app.store.client import Database, shared_secret
 from app.store.indexes import ensure_search_indexes
 from app.store.raw import RawStore
 from app.store.versions import Store, instant, now_utc
+from app.store.write_clock import WriteClock
 
 log = logging.getLogger("hestia")
 
@@ -81,7 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await audit_log.start(database.client[audit_database_name(settings.database)])
             cache = CurrentCache(settings.read_cache_entries)
             feed.subscribe(cache)
-            store = Store(database.db, cache)
+            clock = WriteClock()
+            await clock.load(database.db)
+            feed.subscribe(clock)
+            store = Store(database.db, cache, clock)
             await store.ensure_indexes(sorted(model.STORABLE_TYPES))
             # Awaited, not built in the background: index DDL concurrent with the first
             # multi-document transactions stalls the embedded server. Idempotent and quick

@@ -2,6 +2,10 @@
 
 Versions are listed newest first and paged by keyset on (updated, _id), so a page link stays
 correct while new versions arrive: they sort before the cursor and never shift later pages.
+
+Type and system history read each page through bounded `updated` windows (history_windows.py)
+and carry no `total` (optional in a history Bundle): counting 100,000 versions would cost what
+reading them all costs. Instance history is one narrow index range and keeps its total.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import orjson
 from pymongo import DESCENDING
 
 from app.fhir.dates import parse_instant_range
+from app.fhir.history_windows import EPOCH, Densities, newest_first
 from app.fhir.outcome import BadRequest
 from app.store.versions import Store, instant
+from app.store.write_clock import ALL_TYPES
 
 JsonDict = dict[str, Any]
 
@@ -72,6 +78,8 @@ async def history(
         query["updated"] = {"$gte": low}
     if at:
         return await _history_at(store, query, at, count, cursor)
+    if resource_id is None:
+        return await _windowed(store, resource_type, query, count, cursor)
     total = await store.count_history(query) if with_total else None
     if count == 0:
         return HistoryPage([], total, None)
@@ -89,6 +97,50 @@ async def history(
         docs = docs[:count]
         next_cursor = encode_cursor(docs[-1]["updated"], docs[-1]["_id"])
     return HistoryPage(docs, total, next_cursor)
+
+
+DENSITIES = Densities()
+
+
+async def _windowed(
+    store: Store, resource_type: str | None, query: JsonDict, count: int, cursor: str | None
+) -> HistoryPage:
+    """A type or system history page, read in `updated` windows back from the cursor."""
+    if count == 0:
+        return HistoryPage([], None, None)
+    floor = query.pop("updated", {}).get("$gte", EPOCH)
+    before: datetime | None = None
+    key = ""
+    if cursor:
+        before, key = decode_cursor(cursor)
+
+    def beyond(doc: JsonDict) -> bool:
+        return before is None or (doc["updated"], doc["_id"]) < (before, key)
+
+    async def fetch(window: JsonDict) -> list[JsonDict]:
+        return await store.find_history({**query, "updated": window}, limit=0, sort=SORT)
+
+    scope = resource_type or ALL_TYPES
+    docs, density = await newest_first(
+        fetch,
+        before=before,
+        newest=store.clock.newest(scope),
+        beyond=beyond,
+        floor=floor,
+        want=count + 1,
+        density=DENSITIES.get(scope),
+    )
+    if density:
+        DENSITIES.learn(scope, density)
+    if docs and before is None:
+        # The newest version of the scope: a restarted server need not walk back to it.
+        store.clock.note(resource_type or str(docs[0]["type"]), docs[0]["updated"])
+        await store.persist_clock()
+    next_cursor = None
+    if len(docs) > count:
+        docs = docs[:count]
+        next_cursor = encode_cursor(docs[-1]["updated"], docs[-1]["_id"])
+    return HistoryPage(docs, None, next_cursor)
 
 
 async def _history_at(

@@ -9,6 +9,7 @@ answered 409/412 by the caller.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -22,9 +23,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from app.store.cache import CurrentCache
+from app.store.write_clock import WriteClock
 
 Doc = dict[str, Any]
 T = TypeVar("T")
+log = logging.getLogger("hestia.store")
 
 HISTORY = "history"
 # Guard documents that serialise conditional creates on the same criteria (see claim_guard).
@@ -95,10 +98,16 @@ class Store:
     invalidates what its own transactions wrote once they commit (read-your-writes), and the
     cache's change feed covers every other writer."""
 
-    def __init__(self, db: AsyncDatabase[Doc], cache: CurrentCache | None = None) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Doc],
+        cache: CurrentCache | None = None,
+        clock: WriteClock | None = None,
+    ) -> None:
         self.db = db
         self.history = db[HISTORY]
         self.cache = cache
+        self.clock = clock or WriteClock()
         # Keys written by each open transaction (by session), invalidated after its commit.
         self._written: dict[int, list[tuple[str, str]]] = {}
 
@@ -142,6 +151,7 @@ class Store:
                     finally:
                         # After a failed commit the outcome is unknown: invalidating is safe.
                         self._invalidate_written(session)
+                    await self.persist_clock()
                     return result
             except VersionConflict:
                 # `work` re-reads the current state on each attempt, so a lost race is retried.
@@ -156,6 +166,13 @@ class Store:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.2)
         raise VersionConflict("The resource was changed concurrently")
+
+    async def persist_clock(self) -> None:
+        try:
+            await self.clock.persist(self.db)
+        except PyMongoError:
+            # The write itself committed; a lagging clock only makes a history page slower.
+            log.warning("the write clock could not be stored")
 
     async def _commit(self, session: AsyncClientSession) -> None:
         while True:
@@ -383,6 +400,8 @@ class WriteBatch:
             raise VersionConflict("A resource was created concurrently") from exc
         if self.history:
             await self.store.history.insert_many(self.history, ordered=True, session=session)
+        for version in self.versions:
+            self.store.clock.note(version.resource_type, version.updated)
         written = self.versions
         self.inserts, self.replaces, self.history, self.versions = {}, [], [], []
         return written
