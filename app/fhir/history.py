@@ -5,7 +5,8 @@ correct while new versions arrive: they sort before the cursor and never shift l
 
 Type and system history read each page through bounded `updated` windows (history_windows.py)
 and carry no `total` (optional in a history Bundle): counting 100,000 versions would cost what
-reading them all costs. Instance history is one narrow index range and keeps its total.
+reading them all costs. A client that asks for the count alone (`_count=0`) gets it. Instance
+history is one narrow index range and keeps its total.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ async def _windowed(
 ) -> HistoryPage:
     """A type or system history page, read in `updated` windows back from the cursor."""
     if count == 0:
-        return HistoryPage([], None, None)
+        return HistoryPage([], await store.count_history(query), None)
     floor = query.pop("updated", {}).get("$gte", EPOCH)
     before: datetime | None = None
     key = ""

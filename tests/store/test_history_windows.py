@@ -83,6 +83,12 @@ async def test_pages_cross_bursts_and_quiet_stretches_without_loss_or_repeat(sto
         assert [d["_id"] for d in everything] == expected(stored)
 
 
+async def test_only_a_count_alone_is_counted(store: Store) -> None:
+    await write_at(store, "Specimen", [NOW - timedelta(hours=h) for h in range(5)])
+    assert (await history.history(store, "Specimen", None, count=0)).total == 5
+    assert (await history.history(store, "Specimen", None, count=2)).total is None
+
+
 async def test_since_is_the_floor_of_the_windows(store: Store) -> None:
     await write_at(store, "Condition", [NOW - timedelta(days=d) for d in (1, 5, 9, 30)])
     since = (NOW - timedelta(days=6)).isoformat()
