@@ -76,12 +76,14 @@ def running_hestia(
                 process.kill()
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU of a process and all its descendants, from /proc (Linux; 0 elsewhere).
+def tree_cpu_seconds(root_pid: int, only: str | None = None) -> float:
+    """User + system CPU of a process and all its descendants, from /proc (Linux; 0 elsewhere);
+    with `only`, of those whose command line contains it.
 
     For a `hestia serve` child that is the server, its workers and the embedded database."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
+    commands: dict[int, str] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -92,10 +94,17 @@ def tree_cpu_seconds(root_pid: int) -> float:
             continue
         parents[int(entry.name)] = int(fields[1])
         cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+        if only is not None:
+            try:
+                command = (entry / "cmdline").read_bytes()
+                commands[int(entry.name)] = command.decode(errors="replace")
+            except OSError:
+                commands[int(entry.name)] = ""
     total, frontier = 0.0, [root_pid]
     while frontier:
         pid = frontier.pop()
-        total += cpu.get(pid, 0.0)
+        if only is None or only in commands.get(pid, ""):
+            total += cpu.get(pid, 0.0)
         frontier.extend(child for child, parent in parents.items() if parent == pid)
     return total
 
