@@ -8,7 +8,6 @@ identified by its order and its position in the order group.
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,7 +274,7 @@ def ed_attachment(obx: Segment) -> JsonDict | None:
         data = "".join(data.split())
         try:
             base64.b64decode(data, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character outside ASCII
             raise Hl7v2Error(
                 f"{obx.location}-5: ED data declared Base64 is not valid Base64",
                 segment="OBX",

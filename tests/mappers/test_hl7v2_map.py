@@ -440,6 +440,9 @@ def test_obx_value_types(obx: str, expected: dict[str, Any]) -> None:
         ("OBX|1|XYZ|1^a^LN||abc||||||F\r", "OBX-2"),
         ("OBX|1|NM|||5||||||F\r", "OBX-3"),
         ("OBX|1|DT|1^a^LN||20241399||||||F\r", "OBX-5"),
+        ("OBX|1|ED|1^a^LN||^AP^PDF^Base64^QUJ!||||||F\r", "OBX-5.5"),
+        # Found by the fuzz test: a byte outside ASCII in data declared Base64.
+        ("OBX|1|ED|1^a^LN||^AP^PDF^Base64^QUJD\u20ac||||||F\r", "OBX-5.5"),
     ],
 )
 def test_unmappable_obx_is_ae_with_location(obx: str, location: str) -> None:
