@@ -11,7 +11,6 @@ joserfc (grant plumbing) is smaller than the SMART-specific rules written here.
 from __future__ import annotations
 
 import base64
-import binascii
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,7 +122,7 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not Base64 (a character outside ASCII too), or not UTF-8
         raise _client_error("malformed HTTP Basic credentials") from exc
     client_id, sep, secret = decoded.partition(":")
     if not sep:

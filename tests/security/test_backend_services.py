@@ -230,6 +230,20 @@ async def test_symmetric_client_credentials_with_basic_auth(sec_db: Db, http: ht
     assert bad.status_code == 401 and bad.headers["www-authenticate"].startswith("Basic")
 
 
+@pytest.mark.parametrize("credentials", [b"Basic %%%", b"Basic \xe2\x82\xac=", b"Basic gA=="])
+def test_malformed_basic_credentials_are_a_client_error(
+    http: httpx.Client, credentials: bytes
+) -> None:
+    """Not Base64, a byte outside ASCII, Base64 of bytes that are not UTF-8: never a 500."""
+    response = http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+        headers={"Authorization": credentials},
+    )
+    assert response.status_code in (400, 401), response.text
+    assert response.json()["error"] == "invalid_client"
+
+
 async def test_backend_token_introspection_by_the_client_itself(
     live: LiveServer, sec_db: Db, http: httpx.Client
 ) -> None:
