@@ -6,7 +6,8 @@ and the Provenance → ACK back on the socket. A message counts when its AA has 
 
 The server side (ingestion service, MLLP listener, embedded SecantusDB as a child process) runs
 as Hestia runs it; the senders run in a separate process so they do not share the server's
-event loop. Patients are drawn from a pool, so some messages update an existing Patient.
+event loop. Patients are drawn from a pool, each with fixed demographics, as a lab feed sends
+them: a message about a known patient repeats what is stored and adds no Patient version.
 
     python benchmarks/mllp_throughput.py [--messages 2000] [--connections 4] [--obx 10]
                                          [--memory] [--profile]
@@ -59,12 +60,14 @@ TESTS = [
 
 
 def oru(n: int, obx: int, rng: random.Random, patients: int) -> bytes:
-    mrn = f"MRN{rng.randrange(patients):06d}"
+    # A lab feed repeats each patient's demographics as registered: they follow the MRN.
+    p = rng.randrange(patients)
+    mrn = f"MRN{p:06d}"
     ts = f"2024{1 + n % 12:02d}{1 + n % 28:02d}{n % 24:02d}{n % 60:02d}00"
     lines = [
         f"MSH|^~\\&|LABSYS|GHH LAB|HESTIA|HESTIA|{ts}||ORU^R01^ORU_R01|BENCH{n:08d}|P|2.5.1",
-        f"PID|1||{mrn}^^^GHH^MR||DOE{n % 97}^JANE^Q||19{50 + n % 50}0101|F|||"
-        f"{n % 900} MAIN ST^^SPRINGFIELD^IL^62701||^PRN^PH^^1^217^555{n % 10000:04d}",
+        f"PID|1||{mrn}^^^GHH^MR||DOE{p % 97}^JANE^Q||19{50 + p % 50}0101|F|||"
+        f"{p % 900} MAIN ST^^SPRINGFIELD^IL^62701||^PRN^PH^^1^217^555{p % 10000:04d}",
         f"PV1|1|O|LAB^^^GHH||||1234^WELBY^MARCUS|||||||||||V{n:08d}^^^GHH^VN",
         f"OBR|1|PLC{n:08d}|FIL{n:08d}|24323-8^Comprehensive metabolic panel^LN|||{ts}|||||||"
         f"|||||||||{ts}||CH|F",
