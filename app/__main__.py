@@ -109,7 +109,11 @@ def serve(settings: Settings, workers: int) -> int:
         # share one database, and so that it is stopped exactly once.
         embedded.wait_ready()
         settings = replace(settings, mongodb_uri=embedded.uri)
-        print(f"Database: embedded SecantusDB in {settings.data_dir / 'db'}", flush=True)
+        print(
+            f"Database: embedded SecantusDB in {settings.data_dir / 'db'} (for development: "
+            "it writes a few hundred resources/s; see docs/performance.md)",
+            flush=True,
+        )
     else:
         print("Database: HESTIA_MONGODB_URI", flush=True)
     print(f"Hestia FHIR R4 server: {settings.fhir_base}", flush=True)
