@@ -21,7 +21,7 @@ import orjson
 from pymongo import DESCENDING
 
 from app.fhir.dates import parse_instant_range
-from app.fhir.history_windows import EPOCH, Densities, newest_first
+from app.fhir.history_windows import EPOCH, densities, newest_first
 from app.fhir.outcome import BadRequest
 from app.store.versions import Store, instant
 from app.store.write_clock import ALL_TYPES
@@ -100,7 +100,7 @@ async def history(
     return HistoryPage(docs, total, next_cursor)
 
 
-DENSITIES = Densities()
+DENSITIES = densities()
 
 
 async def _windowed(

@@ -16,10 +16,11 @@ MongoDB each window is one bounded index scan.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from app.fhir.recent import Recent
 
 JsonDict = dict[str, Any]
 
@@ -36,24 +37,9 @@ FetchWindow = Callable[[JsonDict], Awaitable[list[JsonDict]]]
 Beyond = Callable[[JsonDict], bool]
 
 
-class Densities:
-    """Versions per second that recent pages saw, per history scope (a small LRU)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
-        self._seen: OrderedDict[str, float] = OrderedDict()
-
-    def get(self, scope: str) -> float | None:
-        found = self._seen.get(scope)
-        if found is not None:
-            self._seen.move_to_end(scope)
-        return found
-
-    def learn(self, scope: str, density: float) -> None:
-        self._seen[scope] = density
-        self._seen.move_to_end(scope)
-        while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
+def densities() -> Recent[str, float]:
+    """Versions per second that recent pages saw, per history scope."""
+    return Recent(256)
 
 
 def _width_for(count: int, density: float | None) -> timedelta:
@@ -112,4 +98,4 @@ def _local_density(page: list[JsonDict]) -> float | None:
     return (len(page) - 1) / max(span, 0.001)
 
 
-__all__ = ["EPOCH", "Densities", "newest_first"]
+__all__ = ["EPOCH", "densities", "newest_first"]

@@ -445,7 +445,7 @@ class Hl7v2Ingestor:
         kind, resource_id = str(resource["resourceType"]), str(resource["id"])
         url = f"{kind}/{resource_id}"
         known = Current(current[url]) if url in current else None
-        if known is not None and known.doc is not None and unchanged(known.doc, resource):
+        if known is not None and unchanged(known.doc, resource):
             return version_from_doc(kind, {**known.doc, "id": resource_id})
         self.interactions.prepare_update(kind, resource_id, resource)
         written = await self.interactions.update_in(uow, kind, resource_id, resource, current=known)

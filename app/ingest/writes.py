@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from app.fhir.interactions import Interactions, UnitOfWork
 from app.store.versions import Version
@@ -42,7 +42,7 @@ def _content(resource: JsonDict) -> JsonDict:
     return {k: v for k, v in resource.items() if k != "meta"}
 
 
-def unchanged(stored: JsonDict | None, resource: JsonDict) -> bool:
+def unchanged(stored: JsonDict | None, resource: JsonDict) -> TypeGuard[JsonDict]:
     """Whether `resource` says exactly what the live current document `stored` holds (meta
     aside), so writing it would only add a version identical to the last."""
     return (
@@ -56,15 +56,8 @@ async def current_docs(
     interactions: Interactions, uow: UnitOfWork, kind: str, ids: Sequence[str]
 ) -> dict[str, JsonDict]:
     """The live current documents of `ids`, read in the transaction with one query."""
-    if not ids:
-        return {}
-    docs = await interactions.store.find(
-        kind,
-        {"_id": {"$in": list(ids)}},
-        projection={"resource": 1, "vid": 1, "deleted": 1},
-        session=uow.session,
-    )
-    return {str(d["_id"]): d for d in docs if not d.get("deleted")}
+    found = await interactions.store.read_current_many(kind, ids, uow.session)
+    return {key: doc for key, doc in found.items() if not doc.get("deleted")}
 
 
 async def put_all(

@@ -30,6 +30,8 @@ T = TypeVar("T")
 log = logging.getLogger("hestia.store")
 
 HISTORY = "history"
+# What a read of a current version needs: the body, its version, and what access checks use.
+CURRENT_FIELDS = {"resource": 1, "vid": 1, "updated": 1, "deleted": 1, "compartments": 1}
 # Guard documents that serialise conditional creates on the same criteria (see claim_guard).
 GUARDS = "conditional_guards"
 TRANSACTION_RETRIES = 8
@@ -207,9 +209,7 @@ class Store:
                 return cached
             began = cache.epoch()
         doc: Doc | None = await self.current(resource_type).find_one(
-            {"_id": resource_id},
-            {"resource": 1, "vid": 1, "updated": 1, "deleted": 1, "compartments": 1},
-            session=session,
+            {"_id": resource_id}, CURRENT_FIELDS, session=session
         )
         if cache is not None and doc is not None:
             cache.put(resource_type, resource_id, doc, began)
@@ -226,7 +226,7 @@ class Store:
             await self.current(resource_type)
             .find(
                 {"_id": {"$in": list(dict.fromkeys(resource_ids))}},
-                {"resource": 1, "vid": 1, "updated": 1, "deleted": 1, "compartments": 1},
+                CURRENT_FIELDS,
                 session=session,
             )
             .to_list(None)

@@ -18,11 +18,12 @@ the same query is one bounded index scan per window.
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
+
+from app.fhir.recent import Recent
 
 JsonDict = dict[str, Any]
 
@@ -70,24 +71,16 @@ class Hint:
 
 
 class WidthHints:
-    """Recent searches' `Hint`s per query shape (a small LRU); they only tune window widths."""
+    """Recent searches' `Hint`s per query shape; they only tune window widths."""
 
     def __init__(self, size: int = 512) -> None:
-        self._size = size
-        self._hints: OrderedDict[tuple[Any, ...], Hint] = OrderedDict()
+        self._recent: Recent[tuple[Any, ...], Hint] = Recent(size)
 
     def get(self, shape: tuple[Any, ...]) -> Hint:
-        found = self._hints.get(shape)
-        if found is None:
-            return Hint(_DEFAULT_DENSITY)
-        self._hints.move_to_end(shape)
-        return found
+        return self._recent.get(shape) or Hint(_DEFAULT_DENSITY)
 
     def learn(self, shape: tuple[Any, ...], hint: Hint) -> None:
-        self._hints[shape] = hint
-        self._hints.move_to_end(shape)
-        while len(self._hints) > self._size:
-            self._hints.popitem(last=False)
+        self._recent.learn(shape, hint)
 
 
 # (condition on _id for one window, how many documents are still wanted) → the window's matches,
