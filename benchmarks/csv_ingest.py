@@ -32,7 +32,7 @@ from app.store.client import Database, EmbeddedServer
 from app.store.indexes import ensure_search_indexes
 from app.store.raw import RawSource, RawStore
 from app.store.versions import Store, WriteBatch
-from benchmarks.mllp_throughput import process_cpu
+from benchmarks.harness import process_cpu
 
 HEADER = "patient_id,loinc,value,unit,effective,status,display,specimen_id\n"
 # LOINC code, units it may arrive in, and a plausible value in the first unit.

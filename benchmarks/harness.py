@@ -76,6 +76,15 @@ def running_hestia(
                 process.kill()
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_cpu_seconds(root_pid: int, only: str | None = None) -> float:
     """User + system CPU of a process and all its descendants, from /proc (Linux; 0 elsewhere);
     with `only`, of those whose command line contains it.

@@ -20,7 +20,6 @@ import asyncio
 import cProfile
 import io
 import multiprocessing
-import os
 import pstats
 import random
 import statistics
@@ -42,6 +41,7 @@ from app.store.client import Database, EmbeddedServer
 from app.store.indexes import ensure_search_indexes
 from app.store.raw import RawStore
 from app.store.versions import Store
+from benchmarks.harness import process_cpu
 
 TESTS = [
     ("2345-7", "Glucose", "mg/dL", 70, 140),
@@ -111,15 +111,6 @@ def _senders(port: int, messages: list[bytes], connections: int, out: Any, start
 
 
 # Server side
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc (Linux); 0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run(args: argparse.Namespace) -> None:

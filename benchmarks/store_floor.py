@@ -36,7 +36,7 @@ from app.store.changes import ChangeFeed
 from app.store.client import Database, EmbeddedServer
 from app.store.indexes import ensure_search_indexes
 from app.store.versions import Store, WriteBatch, WriteSpec, now_utc
-from benchmarks.mllp_throughput import process_cpu
+from benchmarks.harness import process_cpu
 from benchmarks.transaction_ingest import synthea_like_bundle
 
 JsonDict = dict[str, Any]

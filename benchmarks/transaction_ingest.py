@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import cProfile
 import io
-import os
 import pstats
 import random
 import subprocess
@@ -39,7 +38,7 @@ from app.fhir.interactions import Interactions
 from app.fhir.search.execute import SearchEngine
 from app.store.client import EmbeddedServer
 from app.store.versions import Store
-from benchmarks.harness import percentile, running_hestia, tree_cpu_seconds
+from benchmarks.harness import percentile, process_cpu, running_hestia, tree_cpu_seconds
 
 JsonDict = dict[str, Any]
 BASE = "http://bench.local/fhir"
@@ -214,16 +213,6 @@ def synthea_like_bundle(rng: random.Random, size: int = 100) -> JsonDict:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries[:size]}
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, from /proc (Linux); 0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 async def run(args: argparse.Namespace) -> None:
     server = EmbeddedServer.start(":memory:")
     client: AsyncMongoClient[JsonDict] = AsyncMongoClient(
@@ -250,7 +239,7 @@ async def run(args: argparse.Namespace) -> None:
                 latencies.append(time.perf_counter() - began)
 
         profiler = cProfile.Profile() if args.profile else None
-        db_cpu_before = process_cpu_seconds(server.process.pid)
+        db_cpu_before = process_cpu(server.process.pid)
         cpu_before = time.process_time()
         began = time.perf_counter()
         if profiler:
@@ -260,7 +249,7 @@ async def run(args: argparse.Namespace) -> None:
             profiler.disable()
         elapsed = time.perf_counter() - began
         app_cpu = time.process_time() - cpu_before
-        db_cpu = process_cpu_seconds(server.process.pid) - db_cpu_before
+        db_cpu = process_cpu(server.process.pid) - db_cpu_before
         resources = args.bundles * args.entries
         stored = await store.count("Observation", {})
         latencies.sort()
