@@ -2,9 +2,16 @@
 
 Every instance of Hestia keeps small in-memory views of data that other instances may change:
 the read cache of current versions, the token revocation list. Each view subscribes here. While
-the stream runs, a subscriber sees every committed change a few milliseconds after commit; when
+the stream runs, a subscriber sees every committed change within tens of milliseconds; when
 the stream is not running (not yet open, broken, or unsupported by the server), subscribers are
 told so and must fall back to the database.
+
+An awaiting getMore on the embedded server returns as soon as anything is written anywhere on
+the server, usually with nothing for this database: above all when the audit log (its own
+database) commits a block. Asking again at once would cost a round trip per audit commit, as
+much CPU as the commit itself, in both processes. So after an empty batch the feed waits
+`idle_pause` seconds before asking again: a change another instance makes reaches the mirrors
+at most that much later, and changes that arrive meanwhile come in one batch.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ class Subscriber(Protocol):
 
 
 class ChangeFeed:
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+    def __init__(self, db: AsyncDatabase[Doc], *, idle_pause: float = 0.02) -> None:
         self.db = db
+        self.idle_pause = idle_pause
         self.live = False
         self._subscribers: list[Subscriber] = []
         self._task: asyncio.Task[None] | None = None
@@ -66,8 +74,12 @@ class ChangeFeed:
                 async with await self.db.watch() as stream:
                     self._set_live(True)
                     delay = 0.1
-                    async for change in stream:
-                        self._dispatch(change)
+                    while stream.alive:
+                        change = await stream.try_next()
+                        if change is None:
+                            await asyncio.sleep(self.idle_pause)
+                        else:
+                            self._dispatch(change)
             except asyncio.CancelledError:
                 raise
             except PyMongoError as exc:
