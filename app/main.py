@@ -33,6 +33,7 @@ from app.fhir.outcome import (
     ServiceUnavailable,
 )
 from app.fhir.search.execute import SearchEngine
+from app.heap import serving_heap
 from app.ingest.csv_ingest import CsvIngestor
 from app.ingest.dicom_ingest import DicomIngestor, DicomSettings
 from app.ingest.listener import audited_mllp_server
@@ -152,7 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 await mllp.start()
             try:
-                yield
+                with serving_heap():
+                    yield
             finally:
                 if mllp is not None:
                     await mllp.stop()
