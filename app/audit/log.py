@@ -38,6 +38,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -150,6 +151,10 @@ class AuditLog:
                 f"the audit store is unreachable ({type(exc).__name__})"
             ) from exc
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+        # Should the writer ever end on its own, nobody may be left waiting on it.
+        self._task.add_done_callback(
+            lambda _: self._fail_queued(AuditUnavailable("the audit writer stopped"))
+        )
 
     async def stop(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -170,18 +175,19 @@ class AuditLog:
         return (await self.append_all([event]))[0]
 
     async def append_all(self, events: list[JsonDict]) -> list[int]:
-        """Store events durably, consecutively in the chain; returns their seqs."""
+        """Store events durably, consecutively in the chain; returns their seqs.
+
+        No timer per caller: the writer bounds each commit by `timeout` (its database calls
+        run under pymongo.timeout), so a caller waits at most for the commit in flight and its
+        own, then gets its seqs or AuditUnavailable. Each caller has its own future, so a
+        cancelled wait touches no other."""
         if not events:
             return []
         if not self.running:
             raise AuditUnavailable("the audit log is not running")
         done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(list(events), done))
-        try:
-            # shield: a timed-out caller must not cancel a batch others wait on.
-            return await asyncio.wait_for(asyncio.shield(done), self.timeout)
-        except TimeoutError:
-            raise AuditUnavailable("the audit store did not confirm in time") from None
+        return await done
 
     # -- the writer --------------------------------------------------------------------------
 
@@ -209,12 +215,16 @@ class AuditLog:
         live = [item for item in batch if not item.done.done()]
         events = [event for item in live for event in item.events]
         try:
-            seqs = await self._insert_chained(events)
-        except Exception as exc:  # any failure must reach the waiting requests, not kill us
-            log.error("audit store write failed: %s", type(exc).__name__)
+            with pymongo.timeout(self.timeout):
+                seqs = await self._insert_chained(events)
+        except BaseException as exc:  # the waiting requests must hear of any failure
+            if isinstance(exc, Exception):
+                log.error("audit store write failed: %s", type(exc).__name__)
             for item in live:
                 if not item.done.done():
                     item.done.set_exception(AuditUnavailable("the audit store is unavailable"))
+            if not isinstance(exc, Exception):
+                raise  # cancelled: stop() is waiting
             return
         position = 0
         for item in live:
