@@ -24,8 +24,9 @@ from typing import Any
 
 import orjson
 
-from app.audit.events import JsonDict, event_patients, instant
+from app.audit.events import JsonDict, event_patients
 from app.fhir.search.extract import build_index
+from app.store.versions import instant
 
 AUDIT_DATABASE_SUFFIX = "_audit"
 # The search index of the journal, named like a FHIR store's current collection: the search
@@ -122,20 +123,26 @@ def link(
 ) -> list[JsonDict]:
     """Chained event documents for `events`, following the event (head_seq, head_hash)."""
     written = millis(datetime.now(UTC))
+    written_text = instant(written)
     documents = []
     prev = head_hash
     for offset, event in enumerate(events, start=1):
         seq = head_seq + offset
+        recorded = recorded_of(event)
         document: JsonDict = {
             "_id": seq_key(seq),
             "prev": prev,
             "resource": {**event, "id": str(seq)},
-            "recorded": recorded_of(event),
+            "recorded": recorded,
             "batch": batch,
             "writer": writer,
             "written": written,
         }
-        document["hash"] = digest(document)
+        # digest(document), with the two times already in their canonical text.
+        text = {**document, "recorded": instant(recorded), "written": written_text}
+        document["hash"] = hashlib.sha256(
+            orjson.dumps(text, option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
         prev = document["hash"]
         documents.append(document)
     return documents

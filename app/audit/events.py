@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from app.store.versions import instant
+
 JsonDict = dict[str, Any]
 
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -158,11 +160,6 @@ def outcome_code(status: int | None) -> str:
     if status < 500:
         return "4"
     return "8"
-
-
-def instant(value: datetime) -> str:
-    utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def _patient_reference(value: str) -> str:

@@ -80,10 +80,9 @@ def now_utc() -> datetime:
 
 
 def instant(value: datetime) -> str:
-    """FHIR instant with millisecond precision, as served in meta.lastUpdated."""
-    return (
-        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    )
+    """FHIR instant in UTC with millisecond precision, as served in meta.lastUpdated (and as
+    audit events record and hash their times)."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def _is_transient(exc: PyMongoError) -> bool:
