@@ -2,10 +2,15 @@
 
 A block holds the consecutive events one writer made durable in one insert:
     {_id: seq_key(first), first, last, prev, hash, recorded_min, recorded_max,
-     batch, writer, written, events: [{_id, prev, hash, resource, recorded}, …]}
+     batch, writer, written, events: <JSON of [{_id, prev, hash, resource, recorded}, …]>}
 `prev` is the hash before the block's first event and `hash` that of its last one, so the
 blocks chain exactly as their events do. `batch`, `writer` and `written` are the same for every
 event of a block and are stored once; `events_of` puts them back.
+
+The events are one binary value holding their JSON (`recorded` as a FHIR instant), not nested
+documents: nothing queries inside them, and the embedded database otherwise decodes, copies and
+re-encodes every field of every event. On it a durable block of 8 events cost 1.5 ms of
+database CPU nested against 1.0 ms packed. Blocks written nested before are still read.
 
 Why blocks: an audited access waits for its group commit, and the commit's cost is the bulk of
 what auditing adds to a read. On the embedded database one durable insert of a block of 16
@@ -21,14 +26,18 @@ unique `_id` index is the compare-and-swap that keeps one total order across pro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
+import orjson
+from bson import Binary
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL
+from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL, millis
 from app.audit.events import JsonDict
+from app.store.versions import instant
 
 # Stored once per block, not per event.
 BLOCK_FIELDS = ("batch", "writer", "written")
@@ -53,14 +62,43 @@ def block_of(events: list[JsonDict]) -> JsonDict:
         "recorded_min": min(recorded),
         "recorded_max": max(recorded),
         **{field: first[field] for field in BLOCK_FIELDS},
-        "events": [{k: v for k, v in event.items() if k not in BLOCK_FIELDS} for event in events],
+        "events": packed(
+            [{k: v for k, v in event.items() if k not in BLOCK_FIELDS} for event in events]
+        ),
     }
 
 
+class UnreadableBlock(ValueError):
+    """A block whose events cannot be decoded: the journal was damaged or tampered with."""
+
+
+def packed(events: list[JsonDict]) -> Binary:
+    """A block's events as the one binary value it stores."""
+    return Binary(
+        orjson.dumps([{**event, "recorded": instant(event["recorded"])} for event in events])
+    )
+
+
+def stored_events(block: JsonDict) -> list[JsonDict]:
+    """A block's events as stored (without the block's shared fields). Raises UnreadableBlock."""
+    raw = block.get("events")
+    if not isinstance(raw, bytes):  # a block written before events were packed
+        return list(raw or [])
+    try:
+        events = orjson.loads(raw)
+        for event in events:
+            event["recorded"] = millis(datetime.fromisoformat(event["recorded"]))
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+        raise UnreadableBlock(f"the events of block {block.get('_id')} cannot be read") from None
+    if not isinstance(events, list):
+        raise UnreadableBlock(f"the events of block {block.get('_id')} cannot be read")
+    return events
+
+
 def events_of(block: JsonDict) -> list[JsonDict]:
-    """The chained event documents of a block, each whole again."""
+    """The chained event documents of a block, each whole again. Raises UnreadableBlock."""
     shared = {field: block.get(field) for field in BLOCK_FIELDS}
-    return [{**event, **shared} for event in block.get("events", [])]
+    return [{**event, **shared} for event in stored_events(block)]
 
 
 async def read_head(

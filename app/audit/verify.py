@@ -34,7 +34,13 @@ from app.audit.chain import (
     seq_key,
 )
 from app.audit.events import JsonDict
-from app.audit.journal import blocks_after, events_of, latest_checkpoint
+from app.audit.journal import (
+    UnreadableBlock,
+    blocks_after,
+    events_of,
+    latest_checkpoint,
+    stored_events,
+)
 
 PURGE_SUBTYPE = "audit-purge"
 THROUGH_SEQ = "through-seq"
@@ -128,8 +134,11 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
 
 
 def _broken_block(block: JsonDict, expected: int, prev: str) -> str | None:
-    events = block.get("events") or []
     first = int(block.get("first", 0))
+    try:
+        events = stored_events(block)
+    except UnreadableBlock:
+        return f"the events of the journal block starting at event {first} cannot be read"
     if block.get("_id") != seq_key(first):
         return f"the journal block starting at event {first} was moved (its _id is not {first})"
     if first > expected:

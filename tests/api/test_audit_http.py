@@ -16,6 +16,7 @@ import pytest
 from pymongo import MongoClient
 
 from app.audit.chain import JOURNAL, seq_key
+from app.audit.journal import packed, stored_events
 from tests.conftest import ROOT, RunningServer, start_hestia, stop_hestia
 
 JSON = {"Content-Type": "application/fhir+json"}
@@ -154,8 +155,10 @@ def test_verify_detects_a_tampered_event(server: tuple[RunningServer, Path]) -> 
         journal = client["hestia_audit"][JOURNAL]
         block = journal.find_one({"_id": {"$lte": seq_key(2)}}, sort=[("_id", -1)])
         assert block is not None
-        [victim] = [e for e in block["events"] if e["_id"] == seq_key(2)]
+        events = stored_events(block)
+        [victim] = [e for e in events if e["_id"] == seq_key(2)]
         victim["resource"]["outcome"] = "8" if victim["resource"]["outcome"] != "8" else "0"
+        block["events"] = packed(events)
         journal.replace_one({"_id": block["_id"]}, block)
     broken = hestia(data_dir, "audit", "verify")
     assert broken.returncode == 1

@@ -13,7 +13,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.audit.chain import JOURNAL, seq_key
-from app.audit.journal import head_seq, journal_events
+from app.audit.journal import head_seq, journal_events, packed, stored_events
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.store.client import EmbeddedServer
@@ -69,6 +69,8 @@ async def tamper_journal(db: Db, seq: int, change: Callable[[dict[str, Any]], No
     access to the database would."""
     block = await db[JOURNAL].find_one({"_id": {"$lte": seq_key(seq)}}, sort=[("_id", -1)])
     assert block is not None
-    [event] = [e for e in block["events"] if int(e["_id"]) == seq]
+    events = stored_events(block)
+    [event] = [e for e in events if int(e["_id"]) == seq]
     change(event)
+    block["events"] = packed(events)
     await db[JOURNAL].replace_one({"_id": block["_id"]}, block)

@@ -11,11 +11,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from bson import Binary
 from pymongo import AsyncMongoClient
 
-from app.audit.chain import EVENTS, GENESIS, JOURNAL, digest, seq_key
+from app.audit.chain import EVENTS, GENESIS, JOURNAL, digest, link, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
-from app.audit.journal import MAX_BLOCK_EVENTS, events_of
+from app.audit.journal import MAX_BLOCK_EVENTS, block_of, events_of, packed, stored_events
 from app.audit.log import AuditLog, AuditUnavailable
 from app.audit.verify import verify_chain
 from app.store.client import EmbeddedServer, free_port
@@ -176,13 +177,49 @@ async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
     [event] = events_of(block)
     event["resource"]["agent"][0]["who"] = {"display": "someone else"}
     event["hash"] = digest(event)
-    block["events"][0].update(resource=event["resource"], hash=event["hash"])
+    [stored] = stored_events(block)
+    stored.update(resource=event["resource"], hash=event["hash"])
+    block["events"] = packed([stored])
     block["hash"] = event["hash"]
     await audit_db[JOURNAL].replace_one({"_id": block["_id"]}, block)
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 4
     assert "prev hash" in (report.reason or "")
+
+
+async def test_a_block_whose_events_cannot_be_decoded_is_reported(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await _chain_of(audit_log, 4)
+    await audit_db[JOURNAL].update_one(
+        {"_id": seq_key(3)}, {"$set": {"events": Binary(b"[{not json")}}
+    )
+    report = await verify_chain(audit_db)
+    assert not report.ok
+    assert report.broken_seq == 3
+    assert "cannot be read" in (report.reason or "")
+
+
+async def test_blocks_written_with_nested_events_still_verify_and_index(audit_db: Db) -> None:
+    # The journal format before events were packed into one value: a chain written then must
+    # still verify, and be read by the search index and by new writers.
+    documents = link([one_event(n) for n in range(3)], 0, GENESIS, batch="old:1", writer="old")
+    block = block_of(documents)
+    block["events"] = [
+        {k: v for k, v in document.items() if k not in ("batch", "writer", "written")}
+        for document in documents
+    ]
+    await audit_db[JOURNAL].insert_one(block)
+    log = AuditLog()
+    await log.start(audit_db)
+    try:
+        assert await log.append(one_event(9)) == 4
+    finally:
+        await log.stop()
+    report = await verify_chain(audit_db)
+    assert report.ok and report.checked == 4
+    assert await index_all(audit_db) == 4
 
 
 async def test_deleted_event_is_reported(audit_log: AuditLog, audit_db: Db) -> None:
@@ -339,7 +376,7 @@ async def test_a_commit_larger_than_a_block_is_split_into_consecutive_blocks(
 ) -> None:
     seqs = await audit_log.append_all([one_event(n) for n in range(MAX_BLOCK_EVENTS * 2 + 7)])
     assert seqs == list(range(1, MAX_BLOCK_EVENTS * 2 + 8))
-    sizes = [len(b["events"]) async for b in audit_db[JOURNAL].find({}).sort("last", 1)]
+    sizes = [len(stored_events(b)) async for b in audit_db[JOURNAL].find({}).sort("last", 1)]
     assert sizes == [MAX_BLOCK_EVENTS, MAX_BLOCK_EVENTS, 7]
     assert (await verify_chain(audit_db)).ok
 
