@@ -64,7 +64,11 @@ def main() -> None:
             httpx.Client(base_url=base, timeout=300) as http,
         ):
             patient = http.get("/Patient", params={"_count": 1}).json()["entry"][0]["resource"]
-            instance = ("instance history", f"/Patient/{patient['id']}/_history", {})
+            instance: tuple[str, str, dict[str, str]] = (
+                "instance history",
+                f"/Patient/{patient['id']}/_history",
+                {},
+            )
             print(f"history pages of {args.count} over HTTP, audit {args.audit}:")
             for label, path, params in [*QUERIES, instance]:
                 firsts, nexts = time_pages(http, path, params, args)

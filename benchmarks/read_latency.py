@@ -111,6 +111,17 @@ WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 def read_load_wrk(base: str, ids: list[str], clients: int, seconds: float) -> None:
     """The same read load from wrk: `clients` connections over 2 threads, random ids."""
+    rate, p50, p99 = wrk_phase(base, ids, clients, seconds)
+    print(
+        f"read-by-id (wrk, {clients} connections): {rate:,.0f} reads/s; "
+        f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    )
+
+
+def wrk_phase(
+    base: str, ids: list[str], clients: int, seconds: float
+) -> tuple[float, float, float]:
+    """One wrk run of random reads: (reads/s, p50 ms, p99 ms)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("--loader wrk needs wrk on the PATH (Debian: apt-get install wrk)")
@@ -137,11 +148,7 @@ def read_load_wrk(base: str, ids: list[str], clients: int, seconds: float) -> No
         p: float(v) * WRK_UNITS[u]
         for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
     }
-    p50, p99 = points.get("50", float("nan")), points.get("99", float("nan"))
-    print(
-        f"read-by-id (wrk, {clients} connections): {rate:,.0f} reads/s; "
-        f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms"
-    )
+    return rate, points.get("50", float("nan")), points.get("99", float("nan"))
 
 
 def main() -> None:
