@@ -82,15 +82,15 @@ def packed(events: list[JsonDict]) -> Binary:
 def stored_events(block: JsonDict) -> list[JsonDict]:
     """A block's events as stored (without the block's shared fields). Raises UnreadableBlock."""
     raw = block.get("events")
-    if not isinstance(raw, bytes):  # a block written before events were packed
-        return list(raw or [])
+    events: Any = raw  # a block written before events were packed holds them nested
     try:
-        events = orjson.loads(raw)
-        for event in events:
-            event["recorded"] = millis(datetime.fromisoformat(event["recorded"]))
+        if isinstance(raw, bytes):
+            events = orjson.loads(raw)
+            for event in events:
+                event["recorded"] = millis(datetime.fromisoformat(event["recorded"]))
     except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
-        raise UnreadableBlock(f"the events of block {block.get('_id')} cannot be read") from None
-    if not isinstance(events, list):
+        events = None
+    if not isinstance(events, list) or not all(isinstance(event, dict) for event in events):
         raise UnreadableBlock(f"the events of block {block.get('_id')} cannot be read")
     return events
 

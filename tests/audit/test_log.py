@@ -188,13 +188,14 @@ async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
     assert "prev hash" in (report.reason or "")
 
 
+@pytest.mark.parametrize(
+    "damage", [Binary(b"[{not json"), Binary(b'{"a": 1}'), {"not": "a list"}, [1, 2]]
+)
 async def test_a_block_whose_events_cannot_be_decoded_is_reported(
-    audit_log: AuditLog, audit_db: Db
+    audit_log: AuditLog, audit_db: Db, damage: Any
 ) -> None:
     await _chain_of(audit_log, 4)
-    await audit_db[JOURNAL].update_one(
-        {"_id": seq_key(3)}, {"$set": {"events": Binary(b"[{not json")}}
-    )
+    await audit_db[JOURNAL].update_one({"_id": seq_key(3)}, {"$set": {"events": damage}})
     report = await verify_chain(audit_db)
     assert not report.ok
     assert report.broken_seq == 3
