@@ -123,26 +123,20 @@ def link(
 ) -> list[JsonDict]:
     """Chained event documents for `events`, following the event (head_seq, head_hash)."""
     written = millis(datetime.now(UTC))
-    written_text = instant(written)
     documents = []
     prev = head_hash
     for offset, event in enumerate(events, start=1):
         seq = head_seq + offset
-        recorded = recorded_of(event)
         document: JsonDict = {
             "_id": seq_key(seq),
             "prev": prev,
             "resource": {**event, "id": str(seq)},
-            "recorded": recorded,
+            "recorded": recorded_of(event),
             "batch": batch,
             "writer": writer,
             "written": written,
         }
-        # digest(document), with the two times already in their canonical text.
-        text = {**document, "recorded": instant(recorded), "written": written_text}
-        document["hash"] = hashlib.sha256(
-            orjson.dumps(text, option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
+        document["hash"] = digest(document)
         prev = document["hash"]
         documents.append(document)
     return documents
