@@ -95,10 +95,12 @@ def stored_events(block: JsonDict) -> list[JsonDict]:
     return events
 
 
-def events_of(block: JsonDict) -> list[JsonDict]:
-    """The chained event documents of a block, each whole again. Raises UnreadableBlock."""
+def events_of(block: JsonDict, stored: list[JsonDict] | None = None) -> list[JsonDict]:
+    """The chained event documents of a block, each whole again; `stored` is the block's
+    `stored_events` when the caller has decoded them already. Raises UnreadableBlock."""
     shared = {field: block.get(field) for field in BLOCK_FIELDS}
-    return [{**event, **shared} for event in stored_events(block)]
+    events = stored if stored is not None else stored_events(block)
+    return [{**event, **shared} for event in events]
 
 
 async def read_head(

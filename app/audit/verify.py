@@ -102,10 +102,18 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
     newest = await database[JOURNAL].find_one({}, {"last": 1}, sort=[("last", DESCENDING)])
     until = int(newest["last"]) if newest is not None else start_after
     async for block in blocks_after(database, start_after, until=until):
-        failure = _broken_block(block, expected, prev)
+        try:
+            stored = stored_events(block)
+        except UnreadableBlock:
+            first = block.get("first")
+            return report.broken(
+                expected,
+                f"the events of the journal block starting at event {first} cannot be read",
+            )
+        failure = _broken_block(block, stored, expected, prev)
         if failure is not None:
             return report.broken(expected, failure)
-        for event in events_of(block):
+        for event in events_of(block, stored):
             seq = int(event["_id"])
             if seq <= start_after:
                 continue
@@ -133,12 +141,8 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
     return report
 
 
-def _broken_block(block: JsonDict, expected: int, prev: str) -> str | None:
+def _broken_block(block: JsonDict, events: list[JsonDict], expected: int, prev: str) -> str | None:
     first = int(block.get("first", 0))
-    try:
-        events = stored_events(block)
-    except UnreadableBlock:
-        return f"the events of the journal block starting at event {first} cannot be read"
     if block.get("_id") != seq_key(first):
         return f"the journal block starting at event {first} was moved (its _id is not {first})"
     if first > expected:
