@@ -14,8 +14,10 @@ from starlette.requests import Request
 
 from app.api.access import authorize
 from app.audit.chain import EVENTS, REFUSED_MODIFIERS, SEARCH_PARAMETERS, seq_key
+from app.audit.journal import UnreadableBlock
+from app.audit.projection import AuditIndex
 from app.context import Services
-from app.fhir.outcome import BadRequest, Forbidden, MethodNotAllowed, NotFound
+from app.fhir.outcome import BadRequest, FhirError, Forbidden, MethodNotAllowed, NotFound
 from app.fhir.search.parse import RESULT_PARAMETERS
 from app.security.policy import Access, PolicyInteraction
 from app.store.versions import Version, instant
@@ -92,11 +94,26 @@ def check_parameters(items: list[tuple[str, str]]) -> None:
             )
 
 
+async def index_for_auditors(audit_index: AuditIndex) -> None:
+    """Bring the auditors' index up to date before their query. A journal block that cannot be
+    decoded is damage or tampering: the answer would be silently incomplete, so the query is
+    refused with an OperationOutcome that says so and where to look."""
+    try:
+        await audit_index.catch_up()
+    except UnreadableBlock as exc:
+        raise FhirError(
+            f"The audit journal cannot be read ({exc}); `hestia audit verify` reports the "
+            "first damaged event",
+            status=500,
+            code="exception",
+        ) from None
+
+
 async def read_event(request: Request, event_id: str, vid: str | None = None) -> Version:
     services: Services = request.app.state.services
     if not event_id.isdigit() or (vid is not None and vid != "1"):
         raise NotFound(f"AuditEvent/{event_id[:64]} is not known")
-    await services.audit_index.catch_up()
+    await index_for_auditors(services.audit_index)
     doc = await services.audit_store.current(EVENTS).find_one(
         {"_id": seq_key(int(event_id))}, {"resource": 1, "written": 1}
     )

@@ -28,6 +28,7 @@ from app.api.audit_events import (
     authorize_auditor,
     capability_entry,
     check_parameters,
+    index_for_auditors,
     read_event,
     refuse_in_general_search,
     refuse_write,
@@ -539,7 +540,7 @@ async def _search_audit(request: Request, items: list[tuple[str, str]]) -> Respo
     await authorize_auditor(request, "search")
     check_parameters(items)
     svc = services(request)
-    await svc.audit_index.catch_up()
+    await index_for_auditors(svc.audit_index)
     bundle = await svc.audit_search.search(
         AUDIT_EVENT,
         items,

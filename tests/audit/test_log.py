@@ -14,11 +14,14 @@ import pytest
 from bson import Binary
 from pymongo import AsyncMongoClient
 
+from app.api.audit_events import index_for_auditors
 from app.audit.chain import EVENTS, GENESIS, JOURNAL, digest, link, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.journal import MAX_BLOCK_EVENTS, block_of, events_of, packed, stored_events
 from app.audit.log import AuditLog, AuditUnavailable
+from app.audit.projection import AuditIndex
 from app.audit.verify import verify_chain
+from app.fhir.outcome import FhirError
 from app.store.client import EmbeddedServer, free_port
 from tests.audit.app_under_test import build_app
 from tests.audit.conftest import Db, index_all, stored, tamper_journal
@@ -200,6 +203,20 @@ async def test_a_block_whose_events_cannot_be_decoded_is_reported(
     assert not report.ok
     assert report.broken_seq == 3
     assert "cannot be read" in (report.reason or "")
+
+
+async def test_auditors_get_an_outcome_naming_the_damage_not_a_partial_answer(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await _chain_of(audit_log, 2)
+    await audit_db[JOURNAL].update_one(
+        {"_id": seq_key(2)}, {"$set": {"events": Binary(b"[{not json")}}
+    )
+    with pytest.raises(FhirError) as refused:
+        await index_for_auditors(AuditIndex(audit_db))
+    assert refused.value.status == 500
+    assert refused.value.code == "exception"
+    assert "hestia audit verify" in refused.value.diagnostics
 
 
 async def test_blocks_written_with_nested_events_still_verify_and_index(audit_db: Db) -> None:
