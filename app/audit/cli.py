@@ -23,6 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.export import export
+from app.audit.journal import UnreadableBlock
 from app.audit.log import AuditLog
 from app.audit.retention import PurgeRefused, purge
 from app.audit.verify import verify_chain
@@ -104,16 +105,28 @@ async def run_audit_command(
             facts.interaction = "audit-export"
             # Recorded before a byte leaves: an export is an access like any other.
             await log.append_all(build_events(facts, source))
-            if args.out:
-                # Blocking writes are fine: the CLI's event loop has nothing else to serve.
-                with Path(args.out).open("wb") as out:  # noqa: ASYNC230
+            try:
+                if args.out:
+                    # Blocking writes are fine: the CLI's event loop has nothing else to serve.
+                    with Path(args.out).open("wb") as out:  # noqa: ASYNC230
+                        count = await export(
+                            database, args.since, args.until, out, with_chain=args.with_chain
+                        )
+                else:
                     count = await export(
-                        database, args.since, args.until, out, with_chain=args.with_chain
+                        database,
+                        args.since,
+                        args.until,
+                        sys.stdout.buffer,
+                        with_chain=args.with_chain,
                     )
-            else:
-                count = await export(
-                    database, args.since, args.until, sys.stdout.buffer, with_chain=args.with_chain
+            except UnreadableBlock as damaged:
+                print(
+                    f"export stopped: {damaged}; `hestia audit verify` reports the first "
+                    "damaged event",
+                    file=stdout,
                 )
+                return 1
             print(f"exported {count} events", file=sys.stderr)
             return 0
         if command == "purge":

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from bson import Binary
 
 from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, seq_key
 from app.audit.cli import add_audit_commands, run_audit_command
@@ -167,3 +168,18 @@ async def test_cli_export_and_purge(audit_log: AuditLog, audit_db: Db, tmp_path:
     assert await run_audit_command(args, audit_db, stdout=out) == 0
     assert out.getvalue().startswith("purged 2 events through seq 2")
     assert (await verify_chain(audit_db)).ok
+
+
+async def test_cli_export_stops_with_a_message_at_a_block_it_cannot_read(
+    audit_log: AuditLog, audit_db: Db, tmp_path: Path
+) -> None:
+    for days in (2, 1):
+        await append_at(audit_log, NOW - timedelta(days=days), "p1")
+    await audit_db[JOURNAL].update_one(
+        {"_id": seq_key(2)}, {"$set": {"events": Binary(b"[{not json")}}
+    )
+    out = io.StringIO()
+    args = parse(["audit", "export", "--out", str(tmp_path / "audit.ndjson")])
+    assert await run_audit_command(args, audit_db, stdout=out) == 1
+    assert out.getvalue().startswith("export stopped: the events of block")
+    assert "hestia audit verify" in out.getvalue()
