@@ -9,6 +9,7 @@ real workloads filter on get one:
 - the patient links `patient` and `subject`, plus `encounter` (includes, reverse includes,
   `_has`, chains all land on these);
 - `code` and `date` (both range ends) for the clinical types;
+- `_lastUpdated` (its low end) for every type: incremental sync filters and sorts on it;
 - names (`name`, `family`, `given` prefixes) and `birthdate` for the person-like types,
   `name` for the directory types, and `url` for the canonical (conformance) types.
 
@@ -88,6 +89,9 @@ def search_index_fields(resource_type: str) -> list[str]:
         else:
             fields.append(f"s.{code}")
 
+    # `_lastUpdated` is what a client syncing changes filters and sorts on, for every type; its
+    # values are instants, so one end serves both (fhir/search/compile.py POINT_DATES).
+    fields.append("s._lastUpdated:lo")
     if resource_type == "Patient" or reg.patient_compartment(resource_type):
         fields.append("compartments")
     for code in ("identifier", *_CLINICAL_LINKS, "code", "date"):

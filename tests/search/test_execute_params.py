@@ -7,8 +7,12 @@ from running the engine.
 from __future__ import annotations
 
 import pytest
+from pymongo import AsyncMongoClient
 
-from tests.search.conftest import SearchWorld
+from app.fhir.search.compile import compile_query
+from app.fhir.search.parameters import registry
+from app.fhir.search.parse import parse
+from tests.search.conftest import JsonDict, SearchWorld, new_world
 
 pytestmark = pytest.mark.asyncio
 
@@ -165,6 +169,29 @@ async def test_last_updated(clinic: SearchWorld) -> None:
     everyone = await _ids(clinic, "Patient", "")
     assert await _ids(clinic, "Patient", "_lastUpdated=gt2000-01-01") == everyone
     assert await _ids(clinic, "Patient", "_lastUpdated=lt2000-01-01") == []
+
+
+async def test_last_updated_search_is_served_by_an_index(
+    mongo: AsyncMongoClient[JsonDict],
+) -> None:
+    """What a client syncing changes sends (`_lastUpdated=gt<last poll>`) must not scan the
+    collection: on 85,000 Observations the scan took 27 s, the index 8 ms."""
+    world = await new_world(mongo, ["Patient"])
+    for number in range(5):
+        await world.put({"resourceType": "Patient", "id": f"sync-{number}"})
+    query = parse("Patient", [("_lastUpdated", "gt2024-01-01T00:00:00Z")], registry(), True)
+    (flt,) = compile_query(query, now_ms=0)["$and"]
+    assert list(flt) == ["s._lastUpdated:lo"]
+    # The condition alone: the embedded server's explain reports any filter of several fields
+    # as COLLSCAN, though it drives the query with an indexed one.
+    plan = await world.store.current("Patient").find(flt).explain()
+    stages = []
+    stage = plan["queryPlanner"]["winningPlan"]
+    while stage:
+        stages.append((stage.get("stage"), stage.get("indexName")))
+        stage = stage.get("inputStage")
+    assert ("IXSCAN", "s._lastUpdated:lo") in stages
+    assert len(await _ids(world, "Patient", "_lastUpdated=gt2024-01-01T00:00:00Z")) == 5
 
 
 # --- chains and _has -----------------------------------------------------------------------

@@ -500,6 +500,49 @@ def test_common_parameters(query: str, expected: list[str]) -> None:
     assert _hits("Patient", query, COMMON) == expected
 
 
+# Instants around the edges of the search values below, to the millisecond.
+INSTANTS = [
+    "2024-04-30T23:59:59.999Z",
+    "2024-05-01T00:00:00.000Z",
+    "2024-05-15T12:30:00.000Z",
+    "2024-05-15T12:30:00.999Z",
+    "2024-05-15T12:30:01.000Z",
+    "2024-05-31T23:59:59.999Z",
+    "2024-06-01T00:00:00.000Z",
+    "2025-11-30T08:00:00.000Z",
+]
+
+
+@pytest.mark.parametrize("prefix", ["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"])
+@pytest.mark.parametrize("value", ["2024", "2024-05", "2024-05-15", "2024-05-15T12:30:00Z"])
+def test_last_updated_is_searched_as_the_instant_it_is(prefix: str, value: str) -> None:
+    """`_lastUpdated` conditions use only its low key (one index), and select exactly what the
+    general date semantics select for the same instants: AuditEvent.date (`recorded`) is an
+    instant searched with the full range comparison."""
+    patients = [
+        {"resourceType": "Patient", "id": f"p{i}", "meta": {"lastUpdated": at}}
+        for i, at in enumerate(INSTANTS)
+    ]
+    events = [
+        {"resourceType": "AuditEvent", "id": f"p{i}", "recorded": at}
+        for i, at in enumerate(INSTANTS)
+    ]
+    flt = _filter("Patient", f"_lastUpdated={prefix}{value}")
+    fields: set[str] = set()
+    _operators_and_fields(flt, set(), fields)
+    assert fields == {"s._lastUpdated:lo"}
+    expected = _hits("AuditEvent", f"date={prefix}{value}", events)
+    assert _hits("Patient", f"_lastUpdated={prefix}{value}", patients) == expected
+
+
+def test_sort_by_last_updated_uses_its_indexed_key_both_ways() -> None:
+    from app.fhir.search.compile import sort_spec
+
+    for sort, direction in (("_lastUpdated", 1), ("-_lastUpdated", -1)):
+        query = parse("Patient", [("_sort", sort)], registry(), strict=True)
+        assert sort_spec(query, registry())[0] == ("s._lastUpdated:lo", direction)
+
+
 def test_chain_without_type_covers_every_target_with_the_parameter() -> None:
     parsed = parse("Observation", [("subject.name", "x")], registry(), strict=True)
     criterion = parsed.criteria[0]

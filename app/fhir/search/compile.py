@@ -99,12 +99,39 @@ def _in(field: str, values: list[Any]) -> JsonDict:
 # --- per type --------------------------------------------------------------------------------
 
 
+# Date parameters whose every value is one instant, so that its range has no width (`:lo` =
+# `:hi`): conditions and sorts on them need the `:lo` key only, which one index then serves
+# (store/indexes.py). `meta.lastUpdated` is always a server-set instant to the millisecond.
+POINT_DATES = frozenset({"_lastUpdated"})
+
+
+def _point_condition(code: str, prefix: str, low: int, high: int, now_ms: int) -> JsonDict:
+    """`_date_condition` for a POINT_DATES parameter: each prefix is one range on `:lo`."""
+    at = _field(code, ":lo")
+    if prefix == "eq":
+        return {at: {"$gte": low, "$lte": high}}
+    if prefix == "ne":
+        return {"$or": [{at: {"$lt": low}}, {at: {"$gt": high}}]}
+    if prefix in ("gt", "sa"):
+        return {at: {"$gt": high}}
+    if prefix in ("lt", "eb"):
+        return {at: {"$lt": low}}
+    if prefix == "ge":
+        return {at: {"$gte": low}}
+    if prefix == "le":
+        return {at: {"$lte": high}}
+    gap = max(abs(now_ms - low) // 10, 86_400_000)
+    return {at: {"$gte": low - gap, "$lte": high + gap}}
+
+
 def _date_condition(code: str, raw: str, now_ms: int) -> JsonDict:
     prefix, text = split_prefix(raw, code)
     found = k.date_range(text)
     if found is None:  # checked by parse(); kept for direct callers
         raise BadRequest(f"'{text[:40]}' is not a valid date", expression=[code])
     low, high = found
+    if code in POINT_DATES:
+        return _point_condition(code, prefix, low, high, now_ms)
     lo, hi = _field(code, ":lo"), _field(code, ":hi")
     contained = {lo: {"$gte": low}, hi: {"$lte": high}}
     if prefix == "eq":
@@ -545,7 +572,7 @@ def sort_spec(query: SearchQuery, registry: Registry) -> list[tuple[str, int]]:
             if code == "_id":
                 field = "_id"
             elif param.param_type == "date":
-                field = _field(code, ":hi" if descending else ":lo")
+                field = _field(code, ":hi" if descending and code not in POINT_DATES else ":lo")
             else:
                 field = _field(code)
             spec.append((field, direction))
