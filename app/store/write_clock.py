@@ -1,4 +1,4 @@
-"""When each resource type last got a new version, as far as this process knows.
+"""When each resource type first and last got a new version, as far as this process knows.
 
 Type and system history pages are read in `updated` windows back from the newest version
 (fhir/history_windows.py). Starting those windows at the newest version, instead of at now,
@@ -7,6 +7,10 @@ whole burst of writes behind it. The clock learns from this process's own writes
 other writer through the change feed, and from the history pages it serves. It only steers
 speed: the first window of a page is open-ended upwards, so a version the clock missed is still
 read.
+
+Pages sorted by `_lastUpdated` start their windows at either end the same way
+(search/key_windows.py): descending at the newest write, ascending at the oldest, whose first
+window is open-ended downwards.
 
 So that a restarted server knows too, the clock is kept in the `write_clock` collection (one
 small document per type), written outside the write transactions and at most once a second
@@ -28,14 +32,21 @@ PERSIST_EVERY = timedelta(seconds=1)
 class WriteClock:
     def __init__(self) -> None:
         self._newest: dict[str, datetime] = {}
+        self._oldest: dict[str, datetime] = {}
+        # Scopes stored before the clock kept first writes: their oldest stays unknown.
+        self._oldest_unknown: set[str] = set()
         self._persisted: dict[str, datetime] = {}
 
     async def load(self, db: AsyncDatabase[Any]) -> None:
         async for doc in db[COLLECTION].find({}):
-            at = doc.get("at")
+            scope, at, first = str(doc["_id"]), doc.get("at"), doc.get("first")
+            if isinstance(first, datetime):
+                self._note_scope(scope, first)
+            else:
+                self._oldest_unknown.add(scope)
             if isinstance(at, datetime):
-                self.note(str(doc["_id"]), at)
-                self._persisted[str(doc["_id"])] = at
+                self._note_scope(scope, at)
+                self._persisted[scope] = at
 
     async def persist(self, db: AsyncDatabase[Any]) -> None:
         """Store the types whose newest write moved on by a second or more since last time."""
@@ -44,16 +55,30 @@ class WriteClock:
             if known is not None and newest - known < PERSIST_EVERY:
                 continue
             self._persisted[scope] = newest
-            await db[COLLECTION].update_one({"_id": scope}, {"$max": {"at": newest}}, upsert=True)
+            update: dict[str, Any] = {"$max": {"at": newest}}
+            oldest = self.oldest(scope)
+            if oldest is not None:
+                update["$min"] = {"first": oldest}
+            await db[COLLECTION].update_one({"_id": scope}, update, upsert=True)
 
     def note(self, resource_type: str, updated: datetime) -> None:
         for scope in (resource_type, ALL_TYPES):
-            known = self._newest.get(scope)
-            if known is None or updated > known:
-                self._newest[scope] = updated
+            self._note_scope(scope, updated)
+
+    def _note_scope(self, scope: str, updated: datetime) -> None:
+        newest = self._newest.get(scope)
+        if newest is None or updated > newest:
+            self._newest[scope] = updated
+        oldest = self._oldest.get(scope)
+        if oldest is None or updated < oldest:
+            self._oldest[scope] = updated
 
     def newest(self, scope: str) -> datetime | None:
         return self._newest.get(scope)
+
+    def oldest(self, scope: str) -> datetime | None:
+        """The first write known: a store's documents are (nearly all) no older."""
+        return None if scope in self._oldest_unknown else self._oldest.get(scope)
 
     # Change feed subscriber: a version written elsewhere lands in `history` as `Type/id/vid`.
 

@@ -111,3 +111,24 @@ async def test_a_restarted_server_knows_where_the_newest_versions_are(store: Sto
     await restarted.load(store.db)
     assert restarted.newest("Procedure") == NOW - timedelta(days=9)
     assert restarted.newest("*") == NOW - timedelta(days=9)
+
+
+async def test_a_restarted_server_knows_where_the_oldest_versions_are(store: Store) -> None:
+    """Ascending `_lastUpdated` pages start there (search/key_windows.py)."""
+    await write_at(store, "Procedure", [NOW - timedelta(days=20)])
+    await write_at(store, "Procedure", [NOW - timedelta(days=30), NOW - timedelta(days=2)])
+    restarted = WriteClock()
+    await restarted.load(store.db)
+    assert restarted.oldest("Procedure") == NOW - timedelta(days=30)
+    assert restarted.newest("Procedure") == NOW - timedelta(days=2)
+
+
+async def test_a_clock_stored_without_first_writes_does_not_guess_them(store: Store) -> None:
+    await store.db["write_clock"].insert_one({"_id": "Goal", "at": NOW})
+    restarted = WriteClock()
+    await restarted.load(store.db)
+    restarted.note("Goal", NOW + timedelta(seconds=5))
+    assert restarted.oldest("Goal") is None
+    await restarted.persist(store.db)
+    stored = await store.db["write_clock"].find_one({"_id": "Goal"})
+    assert stored is not None and "first" not in stored

@@ -31,9 +31,18 @@ from urllib.parse import urlencode
 
 from app.fhir import model
 from app.fhir.outcome import BadRequest, issue, outcome
+from app.fhir.recent import Recent
 from app.fhir.search import summary
-from app.fhir.search.compile import compile_query, resolve_subqueries, sort_spec
+from app.fhir.search.compile import (
+    DATE_CEILING,
+    DATE_FLOOR,
+    POINT_KEYS,
+    compile_query,
+    resolve_subqueries,
+    sort_spec,
+)
 from app.fhir.search.include import Includer, IncludeSpec, forward_fields, parse_includes
+from app.fhir.search.key_windows import walk_key_windows
 from app.fhir.search.paging import CURSOR_PARAM, Cursor, CursorCodec, query_id
 from app.fhir.search.parameters import Registry, registry
 from app.fhir.search.parse import RESULT_PARAMETERS, SearchQuery, parse
@@ -96,6 +105,11 @@ class SearchEngine:
         self.codec = CursorCodec(cursor_secret)
         self.known_types = model.STORABLE_TYPES
         self.width_hints = WidthHints()
+        # For `_lastUpdated` orders (key_windows.py): documents per ms by query shape, and the
+        # key a first page found at either end, by (type, upward): the oldest and newest key
+        # then, which later writes can only move inwards (oldest) or past the write clock.
+        self.key_densities: Recent[tuple[Any, ...], float] = Recent(256)
+        self.key_ends: Recent[tuple[str, bool], int] = Recent(256)
         self._selective_fields: dict[str, frozenset[str]] = {}
 
     # --- public API ----------------------------------------------------------------------------
@@ -447,6 +461,8 @@ class SearchEngine:
         """Up to `want` documents of one type beyond the cursor, nearest to it first."""
         if order.by_id_only and self._keyset_served(search):
             return await self._windowed_page(search, order, cursor, want)
+        if self._key_windowed(search, order, cursor):
+            return await self._key_windowed_page(search, order, cursor, want)
         part = Split(dict(search.split.flat), list(search.split.residual))
         forward = cursor is None or cursor.forward
         beyond: tuple[Any, ...] | None = None
@@ -496,6 +512,75 @@ class SearchEngine:
         ((name, condition),) = [(k, v) for k, v in flat.items() if k != "deleted"]
         plain = not isinstance(condition, dict | list)
         return plain and name in keyset_fields(search.resource_type)
+
+    @staticmethod
+    def _key_windowed(search: _TypeSearch, order: SortOrder, cursor: Cursor | None) -> bool:
+        """Whether the page is sorted by a point-valued date alone (then `_id`), which windows
+        of that key serve (key_windows.py), and the database filter holds nothing else. Any
+        other indexed condition would drive every window's query on the embedded server, which
+        would reload all its matches once per window; a plain sort of them is cheaper."""
+        if len(order.spec) != 2 or order.spec[0][0] not in POINT_KEYS:
+            return False
+        if cursor is not None and not isinstance(cursor.key[0], int):
+            return False
+        return all(name == "deleted" for name in search.split.flat)
+
+    async def _key_windowed_page(
+        self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
+    ) -> list[Doc]:
+        """`_type_page` for a `_lastUpdated` order, read in bounded windows of the key."""
+        part = search.split
+        forward = cursor is None or cursor.forward
+        field, direction = order.spec[0]
+        rtype = search.resource_type
+        beyond = order.comparable(cursor.key) if cursor is not None else None
+        collection = self.store.current(rtype)
+        projection = self._projection(search.fields | part.fields(), resource=True)
+
+        def key_of(doc: Doc) -> int:
+            return int(order.raw_key(doc, rtype)[0])
+
+        async def fetch(window: JsonDict) -> list[Doc]:
+            kept: list[Doc] = []
+            # The window goes first: the embedded server's planner takes the index of the first
+            # indexed field it meets.
+            async for doc in collection.find({field: window, **part.flat}, projection):
+                if not part.holds(doc):
+                    continue
+                if beyond is not None:
+                    key = order.key(doc, rtype)
+                    if (key <= beyond) if forward else (key >= beyond):
+                        continue
+                kept.append(doc)
+            kept.sort(key=lambda doc: order.key(doc, rtype), reverse=not forward)
+            return kept
+
+        upward = (direction == 1) == forward
+        shape = (rtype, field, upward, tuple(sorted(part.flat)), bool(part.residual))
+        written, first = self.store.clock.newest(rtype), self.store.clock.oldest(rtype)
+        newest = max(
+            int((written.timestamp() if written else time.time()) * 1000),
+            self.key_ends.get((rtype, False)) or 0,
+        )
+        oldest_seen = [int(first.timestamp() * 1000)] if first else []
+        oldest_seen += [seen] if (seen := self.key_ends.get((rtype, True))) else []
+        docs, density = await walk_key_windows(
+            fetch,
+            upward=upward,
+            start=cursor.key[0] if cursor is not None else None,
+            want=want,
+            lowest=DATE_FLOOR,
+            highest=DATE_CEILING,
+            newest=newest,
+            key_of=key_of,
+            density=self.key_densities.get(shape),
+            oldest=max(oldest_seen, default=None),
+        )
+        if density:
+            self.key_densities.learn(shape, density)
+        if docs and cursor is None and not part.residual:
+            self.key_ends.learn((rtype, upward), key_of(docs[0]))
+        return docs
 
     async def _windowed_page(
         self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int

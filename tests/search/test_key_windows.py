@@ -1,0 +1,234 @@
+"""`_lastUpdated` orders read through windows of the key (key_windows.py): a page is exactly the
+next documents in (key, id) order beyond the cursor, whatever the gaps, ties, densities and
+clock guesses, every window is bounded on both sides; and the executor's pages sorted by
+`_lastUpdated` walk a store forward and back without loss."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from app.fhir.search.key_windows import walk_key_windows
+from tests.search.conftest import LOINC, SearchWorld, match_ids, new_world, parse_items
+
+JsonDict = dict[str, Any]
+LOWEST, HIGHEST = -(10**14), 10**14
+NOW = 1_790_000_000_000  # 2026-09
+
+
+def _keys(shape: str) -> list[int]:
+    """Keys (epoch ms) of a store, with repeats: several documents written in one millisecond."""
+    rng = random.Random(shape)
+    if shape == "steady":
+        return [NOW - 400_000 + 1000 * n for n in range(400)]
+    if shape == "burst behind a quiet year":
+        return [NOW - 400 * 86_400_000 + rng.randrange(20) for _ in range(300)] + [NOW - 5]
+    if shape == "ties":
+        return [NOW - 3_000 + rng.randrange(3) for _ in range(200)]
+    if shape == "spread over decades":
+        return [NOW - rng.randrange(40 * 365 * 86_400_000) for _ in range(300)]
+    if shape == "one":
+        return [NOW]
+    return []
+
+
+SHAPES = ["steady", "burst behind a quiet year", "ties", "spread over decades", "one", "none"]
+
+
+class KeyStore:
+    """Documents with a key and an id, answering a window the way the executor's fetch does:
+    the documents whose key lies in it, beyond the cursor (key, id), nearest first."""
+
+    def __init__(self, keys: list[int]) -> None:
+        self.docs = sorted((key, f"id{n:04d}") for n, key in enumerate(keys))
+        self.windows: list[JsonDict] = []
+
+    def fetcher(self, upward: bool, beyond: tuple[int, str] | None) -> Any:
+        checks = {"$gt": int.__gt__, "$gte": int.__ge__, "$lt": int.__lt__, "$lte": int.__le__}
+
+        async def fetch(window: JsonDict) -> list[JsonDict]:
+            self.windows.append(window)
+            found = [
+                {"key": key, "_id": did}
+                for key, did in self.docs
+                if all(checks[op](key, bound) for op, bound in window.items())
+                and (beyond is None or ((key, did) > beyond if upward else (key, did) < beyond))
+            ]
+            return found if upward else found[::-1]
+
+        return fetch
+
+    def expected(self, upward: bool, beyond: tuple[int, str] | None, want: int) -> list[str]:
+        ordered = self.docs if upward else self.docs[::-1]
+        if beyond is not None:
+            ordered = [d for d in ordered if (d > beyond if upward else d < beyond)]
+        return [did for _, did in ordered[:want]]
+
+
+def _bounded(window: JsonDict) -> bool:
+    return bool({"$gt", "$gte"} & window.keys()) and bool({"$lt", "$lte"} & window.keys())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_a_page_is_the_exact_slice_beyond_the_cursor(shape: str) -> None:
+    store = KeyStore(_keys(shape))
+    rng = random.Random(shape + "cursors")
+    cursors: list[tuple[int, str] | None] = [None, (NOW - 10**12, ""), (NOW + 10**9, "")]
+    cursors += rng.sample(store.docs, min(6, len(store.docs)))
+    # The clock's guesses at either end: right, or wrong either way.
+    ends = [(NOW, None), (NOW - 86_400_000, NOW), (NOW + 86_400_000, NOW - 500 * 86_400_000)]
+    for beyond in cursors:
+        for upward in (True, False):
+            for want in (1, 7, 51, 1000):
+                for density in (None, 1e-9, 1.0, 50.0):
+                    for newest, oldest in ends:
+                        store.windows.clear()
+                        docs, learned = await walk_key_windows(
+                            store.fetcher(upward, beyond),
+                            upward=upward,
+                            start=None if beyond is None else beyond[0],
+                            want=want,
+                            lowest=LOWEST,
+                            highest=HIGHEST,
+                            newest=newest,
+                            key_of=lambda doc: int(doc["key"]),
+                            density=density,
+                            oldest=oldest,
+                        )
+                        case = (beyond, upward, want, density, newest, oldest)
+                        assert [d["_id"] for d in docs] == store.expected(upward, beyond, want), (
+                            case
+                        )
+                        assert all(_bounded(w) for w in store.windows), case
+                        assert learned is None or learned > 0
+
+
+async def test_a_learned_density_reads_the_next_page_in_one_or_two_windows() -> None:
+    store = KeyStore(_keys("steady"))
+    first = store.docs[-1]
+    docs, density = await walk_key_windows(
+        store.fetcher(False, None),
+        upward=False,
+        start=None,
+        want=20,
+        lowest=LOWEST,
+        highest=HIGHEST,
+        newest=NOW,
+        key_of=lambda doc: int(doc["key"]),
+    )
+    assert docs[0]["_id"] == first[1] and density is not None
+    store.windows.clear()
+    last = (int(docs[-1]["key"]), str(docs[-1]["_id"]))
+    docs, _ = await walk_key_windows(
+        store.fetcher(False, last),
+        upward=False,
+        start=last[0],
+        want=20,
+        lowest=LOWEST,
+        highest=HIGHEST,
+        newest=NOW,
+        key_of=lambda doc: int(doc["key"]),
+        density=density,
+    )
+    assert [d["_id"] for d in docs] == store.expected(False, last, 20)
+    assert len(store.windows) <= 2
+
+
+async def test_a_quiet_stretch_costs_a_few_empty_windows_not_one_per_second() -> None:
+    store = KeyStore(_keys("burst behind a quiet year"))
+    newest = store.docs[-1]
+    docs, _ = await walk_key_windows(
+        store.fetcher(False, newest),
+        upward=False,
+        start=newest[0],
+        want=10,
+        lowest=LOWEST,
+        highest=HIGHEST,
+        newest=NOW,
+        key_of=lambda doc: int(doc["key"]),
+    )
+    assert len(docs) == 10
+    # A year is 3e10 ms: from 1 s windows growing fourfold, about 13 windows reach across it.
+    assert len(store.windows) <= 16
+
+
+# --- through the executor ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def written(mongo: AsyncMongoClient[JsonDict]) -> SearchWorld:
+    world = await new_world(mongo, ["Observation"])
+    rng = random.Random(12)
+    ids = [f"o{n:03d}" for n in range(90)]
+    for oid in ids:
+        await world.put(_observation(oid, "final"))
+    # Updates move a resource to the newest end; deletes take it out of every page.
+    for oid in rng.sample(ids, 15):
+        await world.put(_observation(oid, "amended"))
+    for oid in rng.sample(ids, 10):
+        await world.interactions.delete("Observation", oid)
+    return world
+
+
+def _observation(oid: str, status: str) -> JsonDict:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": status,
+        "code": {"coding": [{"system": LOINC, "code": "8867-4"}]},
+    }
+
+
+def _follow(bundle: JsonDict, relation: str) -> list[tuple[str, str]] | None:
+    url = next((x["url"] for x in bundle["link"] if x["relation"] == relation), None)
+    return None if url is None else parse_qsl(urlsplit(url).query, keep_blank_values=True)
+
+
+async def _pages(world: SearchWorld, query: str) -> tuple[list[list[str]], JsonDict]:
+    items: list[tuple[str, str]] | None = parse_items(query)
+    pages: list[list[str]] = []
+    bundle: JsonDict = {}
+    while items is not None:
+        bundle = await world.search("Observation", items)
+        pages.append(match_ids(bundle))
+        items = _follow(bundle, "next")
+    return pages, bundle
+
+
+async def _by_last_updated(world: SearchWorld) -> list[str]:
+    docs = await world.store.current("Observation").find({"deleted": False}).to_list(None)
+    docs.sort(key=lambda d: (d["resource"]["meta"]["lastUpdated"], d["_id"]))
+    return [d["_id"] for d in docs]
+
+
+@pytest.mark.parametrize("count", [1, 7, 50, 200])
+async def test_last_updated_pages_walk_every_resource_once_in_order(
+    written: SearchWorld, count: int
+) -> None:
+    expected = await _by_last_updated(written)
+    assert len(expected) == 80
+    up, _ = await _pages(written, f"_sort=_lastUpdated&_count={count}")
+    down, _ = await _pages(written, f"_sort=-_lastUpdated&_count={count}")
+    assert [i for page in up for i in page] == expected
+    assert [i for page in down for i in page] == expected[::-1]
+
+
+async def test_last_updated_pages_walk_back_with_previous_links(written: SearchWorld) -> None:
+    pages, bundle = await _pages(written, "_sort=-_lastUpdated&_count=9")
+    back: list[list[str]] = []
+    while (items := _follow(bundle, "previous")) is not None:
+        bundle = await written.search("Observation", items)
+        back.append(match_ids(bundle))
+    assert back == pages[:-1][::-1]
+
+
+async def test_a_new_write_leads_the_next_first_page(written: SearchWorld) -> None:
+    oldest = (await _by_last_updated(written))[0]
+    first = await written.search("Observation", "_sort=-_lastUpdated&_count=3")
+    await written.put(_observation(oldest, "corrected"))
+    again = await written.search("Observation", "_sort=-_lastUpdated&_count=3")
+    assert match_ids(again) == [oldest, *match_ids(first)[:2]]
