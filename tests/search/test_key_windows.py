@@ -68,6 +68,32 @@ class KeyStore:
             ordered = [d for d in ordered if (d > beyond if upward else d < beyond)]
         return [did for _, did in ordered[:want]]
 
+    async def walk(
+        self,
+        beyond: tuple[int, str] | None,
+        *,
+        upward: bool,
+        want: int,
+        newest: int = NOW,
+        oldest: int | None = None,
+        density: float | None = None,
+    ) -> tuple[list[str], float | None]:
+        """One page beyond the cursor (None: from the end the order starts at)."""
+        self.windows.clear()
+        docs, learned = await walk_key_windows(
+            self.fetcher(upward, beyond),
+            upward=upward,
+            start=None if beyond is None else beyond[0],
+            want=want,
+            lowest=LOWEST,
+            highest=HIGHEST,
+            newest=newest,
+            key_of=lambda doc: int(doc["key"]),
+            density=density,
+            oldest=oldest,
+        )
+        return [str(d["_id"]) for d in docs], learned
+
 
 def _bounded(window: JsonDict) -> bool:
     return bool({"$gt", "$gte"} & window.keys()) and bool({"$lt", "$lte"} & window.keys())
@@ -86,72 +112,34 @@ async def test_a_page_is_the_exact_slice_beyond_the_cursor(shape: str) -> None:
             for want in (1, 7, 51, 1000):
                 for density in (None, 1e-9, 1.0, 50.0):
                     for newest, oldest in ends:
-                        store.windows.clear()
-                        docs, learned = await walk_key_windows(
-                            store.fetcher(upward, beyond),
+                        ids, learned = await store.walk(
+                            beyond,
                             upward=upward,
-                            start=None if beyond is None else beyond[0],
                             want=want,
-                            lowest=LOWEST,
-                            highest=HIGHEST,
                             newest=newest,
-                            key_of=lambda doc: int(doc["key"]),
-                            density=density,
                             oldest=oldest,
+                            density=density,
                         )
                         case = (beyond, upward, want, density, newest, oldest)
-                        assert [d["_id"] for d in docs] == store.expected(upward, beyond, want), (
-                            case
-                        )
+                        assert ids == store.expected(upward, beyond, want), case
                         assert all(_bounded(w) for w in store.windows), case
                         assert learned is None or learned > 0
 
 
 async def test_a_learned_density_reads_the_next_page_in_one_or_two_windows() -> None:
     store = KeyStore(_keys("steady"))
-    first = store.docs[-1]
-    docs, density = await walk_key_windows(
-        store.fetcher(False, None),
-        upward=False,
-        start=None,
-        want=20,
-        lowest=LOWEST,
-        highest=HIGHEST,
-        newest=NOW,
-        key_of=lambda doc: int(doc["key"]),
-    )
-    assert docs[0]["_id"] == first[1] and density is not None
-    store.windows.clear()
-    last = (int(docs[-1]["key"]), str(docs[-1]["_id"]))
-    docs, _ = await walk_key_windows(
-        store.fetcher(False, last),
-        upward=False,
-        start=last[0],
-        want=20,
-        lowest=LOWEST,
-        highest=HIGHEST,
-        newest=NOW,
-        key_of=lambda doc: int(doc["key"]),
-        density=density,
-    )
-    assert [d["_id"] for d in docs] == store.expected(False, last, 20)
+    ids, density = await store.walk(None, upward=False, want=20)
+    assert ids[0] == store.docs[-1][1] and density is not None
+    last = next(doc for doc in store.docs if doc[1] == ids[-1])
+    ids, _ = await store.walk(last, upward=False, want=20, density=density)
+    assert ids == store.expected(False, last, 20)
     assert len(store.windows) <= 2
 
 
 async def test_a_quiet_stretch_costs_a_few_empty_windows_not_one_per_second() -> None:
     store = KeyStore(_keys("burst behind a quiet year"))
-    newest = store.docs[-1]
-    docs, _ = await walk_key_windows(
-        store.fetcher(False, newest),
-        upward=False,
-        start=newest[0],
-        want=10,
-        lowest=LOWEST,
-        highest=HIGHEST,
-        newest=NOW,
-        key_of=lambda doc: int(doc["key"]),
-    )
-    assert len(docs) == 10
+    ids, _ = await store.walk(store.docs[-1], upward=False, want=10)
+    assert len(ids) == 10
     # A year is 3e10 ms: from 1 s windows growing fourfold, about 13 windows reach across it.
     assert len(store.windows) <= 16
 
