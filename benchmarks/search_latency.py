@@ -12,6 +12,7 @@ It starts an embedded SecantusDB on disk, loads the seeded data set of search_da
   (b) Patient?name=<3 letters>  (smi, joh, ...)
   (c) Observation?code=LOINC&_count=50 and the next two pages (each page is one sample)
   (d) Observation?patient=X&_include=Observation:subject&_include=Observation:encounter
+  with --sorts, also Observation and Patient ?_sort=±_lastUpdated (no filter, no target)
 
 calling SearchEngine.search directly (and with --http through `python -m app serve`, auth off,
 pointed at the same database). Before timing, every database query each search sends is
@@ -321,10 +322,44 @@ async def measure(args: argparse.Namespace, server: EmbeddedServer, storage: Pat
         f"p99 <= {TARGET_P99_MS:.0f} ms):",
         timings,
     )
+    if args.sorts:
+        await time_last_updated_sorts(db, 20)
     await client.close()
     if args.http:
         for audit in ("on", "off") if args.audit == "both" else (args.audit,):
             await time_over_http(server.uri, audit, patients, args)
+
+
+async def time_last_updated_sorts(db: AsyncDatabase[JsonDict], rounds: int) -> None:
+    """`_sort=±_lastUpdated` with no filter (no target; fhir/search/key_windows.py): a fresh
+    engine's first page, then `rounds` searches of three pages each."""
+    print(f"sorted by _lastUpdated, no filter, _count={PAGE_SIZE} (no target):")
+    for rtype in ("Observation", "Patient"):
+        for sort in ("-_lastUpdated", "_lastUpdated"):
+            store = Store(db)
+            await store.clock.load(db)  # as a server does at start-up
+            engine = SearchEngine(store)
+            pages: dict[int, list[float]] = {}
+            for n in range(rounds + 1):
+                query: Items | None = [("_sort", sort)]
+                for page in range(3):
+                    if query is None:
+                        break
+                    started = time.perf_counter()
+                    bundle = await engine.search(
+                        rtype, query, base_url=BASE, page_size=PAGE_SIZE, max_page_size=1000
+                    )
+                    pages.setdefault(page if n else -1, []).append(
+                        (time.perf_counter() - started) * 1000
+                    )
+                    query = next_items(bundle, query)
+            first, later = pages.get(0, []), pages.get(1, []) + pages.get(2, [])
+            print(
+                f"  {rtype}?_sort={sort:<14} first page of a fresh engine "
+                f"{pages[-1][0]:8.1f} ms; then page 1 p50 {percentile(first, 0.5):6.1f} ms, "
+                f"pages 2-3 p50 {percentile(later, 0.5):6.1f} ms, "
+                f"p99 {percentile(first + later, 0.99):6.1f} ms"
+            )
 
 
 async def index_audit_backlog(uri: str, database: str) -> int:
@@ -379,6 +414,7 @@ def main() -> None:
         "--audit", choices=("on", "off", "both"), default="on", help="server audit, with --http"
     )
     parser.add_argument("--load-only", action="store_true")
+    parser.add_argument("--sorts", action="store_true", help="also time _sort=±_lastUpdated")
     args = parser.parse_args()
     temporary = args.storage is None
     storage = Path(args.storage or tempfile.mkdtemp(prefix="hestia-search-bench-"))
