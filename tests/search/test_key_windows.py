@@ -62,8 +62,15 @@ class KeyStore:
 
         return fetch
 
-    def expected(self, upward: bool, beyond: tuple[int, str] | None, want: int) -> list[str]:
-        ordered = self.docs if upward else self.docs[::-1]
+    def expected(
+        self,
+        upward: bool,
+        beyond: tuple[int, str] | None,
+        want: int,
+        bounds: tuple[int, int] = (LOWEST, HIGHEST),
+    ) -> list[str]:
+        ordered = [d for d in self.docs if bounds[0] <= d[0] <= bounds[1]]
+        ordered = ordered if upward else ordered[::-1]
         if beyond is not None:
             ordered = [d for d in ordered if (d > beyond if upward else d < beyond)]
         return [did for _, did in ordered[:want]]
@@ -77,6 +84,7 @@ class KeyStore:
         newest: int = NOW,
         oldest: int | None = None,
         density: float | None = None,
+        bounds: tuple[int, int] = (LOWEST, HIGHEST),
     ) -> tuple[list[str], float | None]:
         """One page beyond the cursor (None: from the end the order starts at)."""
         self.windows.clear()
@@ -85,8 +93,8 @@ class KeyStore:
             upward=upward,
             start=None if beyond is None else beyond[0],
             want=want,
-            lowest=LOWEST,
-            highest=HIGHEST,
+            lowest=bounds[0],
+            highest=bounds[1],
             newest=newest,
             key_of=lambda doc: int(doc["key"]),
             density=density,
@@ -107,7 +115,11 @@ async def test_a_page_is_the_exact_slice_beyond_the_cursor(shape: str) -> None:
     cursors += rng.sample(store.docs, min(6, len(store.docs)))
     # The clock's guesses at either end: right, or wrong either way.
     ends = [(NOW, None), (NOW - 86_400_000, NOW), (NOW + 86_400_000, NOW - 500 * 86_400_000)]
-    for beyond in cursors:
+    # The search's own range on the key (`_lastUpdated=gt…&_lastUpdated=lt…`), if any.
+    ranges = [(LOWEST, HIGHEST), (NOW - 200_000, NOW - 100_000), (NOW - 2_000, NOW + 5)]
+    for beyond, bounds in [(c, r) for c in cursors for r in ranges]:
+        if beyond is not None and not bounds[0] <= beyond[0] <= bounds[1]:
+            continue  # a cursor is always a matching document's key
         for upward in (True, False):
             for want in (1, 7, 51, 1000):
                 for density in (None, 1e-9, 1.0, 50.0):
@@ -119,9 +131,10 @@ async def test_a_page_is_the_exact_slice_beyond_the_cursor(shape: str) -> None:
                             newest=newest,
                             oldest=oldest,
                             density=density,
+                            bounds=bounds,
                         )
-                        case = (beyond, upward, want, density, newest, oldest)
-                        assert ids == store.expected(upward, beyond, want), case
+                        case = (beyond, bounds, upward, want, density, newest, oldest)
+                        assert ids == store.expected(upward, beyond, want, bounds), case
                         assert all(_bounded(w) for w in store.windows), case
                         assert learned is None or learned > 0
 
@@ -220,3 +233,35 @@ async def test_a_new_write_leads_the_next_first_page(written: SearchWorld) -> No
     await written.put(_observation(oldest, "corrected"))
     again = await written.search("Observation", "_sort=-_lastUpdated&_count=3")
     assert match_ids(again) == [oldest, *match_ids(first)[:2]]
+
+
+async def _by_last_updated_docs(world: SearchWorld) -> list[tuple[str, str]]:
+    docs = await world.store.current("Observation").find({"deleted": False}).to_list(None)
+    return sorted((d["resource"]["meta"]["lastUpdated"], d["_id"]) for d in docs)
+
+
+@pytest.mark.parametrize("count", [1, 7, 200])
+async def test_what_changed_since_pages_oldest_change_first(
+    written: SearchWorld, count: int
+) -> None:
+    """No `_sort`: a search on `_lastUpdated` alone is ordered by it (R4 leaves the order of an
+    unsorted search to the server), read through windows of its key from the bound up."""
+    changes = await _by_last_updated_docs(written)
+    since = changes[30][0]
+    pages, _ = await _pages(written, f"_lastUpdated=gt{since}&_count={count}")
+    assert [i for page in pages for i in page] == [i for at, i in changes if at > since]
+    until = changes[60][0]
+    pages, _ = await _pages(
+        written, f"_lastUpdated=ge{since}&_lastUpdated=lt{until}&_count={count}"
+    )
+    assert [i for page in pages for i in page] == [i for at, i in changes if since <= at < until]
+
+
+async def test_what_changed_since_with_another_condition_keeps_id_order(
+    written: SearchWorld,
+) -> None:
+    changes = await _by_last_updated_docs(written)
+    since = changes[30][0]
+    query = f"_lastUpdated=gt{since}&status=amended,final,corrected&_count=9"
+    pages, _ = await _pages(written, query)
+    assert [i for page in pages for i in page] == sorted(i for at, i in changes if at > since)

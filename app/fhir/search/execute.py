@@ -144,6 +144,8 @@ class SearchEngine:
         head = searches[0].query if searches else SearchQuery(resource_type or "Resource")
         controls = self._controls(head, types, page_size, max_page_size, strict, warnings)
         order = SortOrder(tuple(sort_spec(head, self.registry))) if searches else SortOrder(())
+        if order.by_id_only and len(searches) == 1:
+            order = _changes_order(searches[0], head) or order
         for search in searches:
             if search.resource_type != head.resource_type:
                 order_here = tuple(sort_spec(search.query, self.registry))
@@ -523,7 +525,11 @@ class SearchEngine:
             return False
         if cursor is not None and not isinstance(cursor.key[0], int):
             return False
-        return all(name == "deleted" for name in search.split.flat)
+        key = order.spec[0][0]
+        flat = search.split.flat
+        if key in flat and _key_bounds(flat[key]) is None:
+            return False
+        return all(name in ("deleted", key) for name in flat)
 
     async def _key_windowed_page(
         self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
@@ -533,6 +539,9 @@ class SearchEngine:
         forward = cursor is None or cursor.forward
         field, direction = order.spec[0]
         rtype = search.resource_type
+        # A condition on the key itself bounds the walk instead of joining each window's filter.
+        lowest, highest = _key_bounds(part.flat.get(field, {})) or (DATE_FLOOR, DATE_CEILING)
+        rest = {name: condition for name, condition in part.flat.items() if name != field}
         beyond = order.comparable(cursor.key) if cursor is not None else None
         collection = self.store.current(rtype)
         projection = self._projection(search.fields | part.fields(), resource=True)
@@ -544,7 +553,7 @@ class SearchEngine:
             kept: list[Doc] = []
             # The window goes first: the embedded server's planner takes the index of the first
             # indexed field it meets.
-            async for doc in collection.find({field: window, **part.flat}, projection):
+            async for doc in collection.find({field: window, **rest}, projection):
                 if not part.holds(doc):
                     continue
                 if beyond is not None:
@@ -556,7 +565,7 @@ class SearchEngine:
             return kept
 
         upward = (direction == 1) == forward
-        shape = (rtype, field, upward, tuple(sorted(part.flat)), bool(part.residual))
+        shape = (rtype, field, upward, tuple(sorted(rest)), bool(part.residual))
         written, first = self.store.clock.newest(rtype), self.store.clock.oldest(rtype)
         newest = max(
             int((written.timestamp() if written else time.time()) * 1000),
@@ -569,8 +578,8 @@ class SearchEngine:
             upward=upward,
             start=cursor.key[0] if cursor is not None else None,
             want=want,
-            lowest=DATE_FLOOR,
-            highest=DATE_CEILING,
+            lowest=lowest,
+            highest=highest,
             newest=newest,
             key_of=key_of,
             density=self.key_densities.get(shape),
@@ -578,7 +587,7 @@ class SearchEngine:
         )
         if density:
             self.key_densities.learn(shape, density)
-        if docs and cursor is None and not part.residual:
+        if docs and cursor is None and not part.residual and field not in part.flat:
             self.key_ends.learn((rtype, upward), key_of(docs[0]))
         return docs
 
@@ -757,6 +766,44 @@ class SearchEngine:
         if entries:
             bundle["entry"] = entries
         return bundle
+
+
+def _changes_order(search: _TypeSearch, query: SearchQuery) -> SortOrder | None:
+    """The order of a search for what changed in a time range (`_lastUpdated=gt…`, nothing else,
+    no `_sort`): oldest change first. R4 leaves the order of an unsorted search to the server;
+    this one is read through windows of the indexed key (key_windows.py), where `_id` order
+    would load every match on the embedded server before its first page."""
+    if query.result_values("_sort"):
+        return None
+    flat = search.split.flat
+    keys = [name for name in flat if name in POINT_KEYS]
+    if len(keys) != 1 or _key_bounds(flat[keys[0]]) is None:
+        return None
+    if not all(name in ("deleted", keys[0]) for name in flat):
+        return None
+    return SortOrder(((keys[0], 1), ("_id", 1)))
+
+
+def _key_bounds(condition: Any) -> tuple[int, int] | None:
+    """The inclusive [low, high] of a range condition on an epoch-ms key, or None if it is not
+    one (an exact value, `$in`, anything else)."""
+    if not isinstance(condition, dict) or not condition:
+        return None
+    low, high = DATE_FLOOR, DATE_CEILING
+    for operator, value in condition.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        if operator == "$gt":
+            low = max(low, value + 1)
+        elif operator == "$gte":
+            low = max(low, value)
+        elif operator == "$lt":
+            high = min(high, value - 1)
+        elif operator == "$lte":
+            high = min(high, value)
+        else:
+            return None
+    return low, high
 
 
 def _impossible(flat: JsonDict) -> bool:

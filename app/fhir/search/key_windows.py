@@ -56,10 +56,12 @@ async def walk_key_windows(
     """Up to `want` documents from `start` (inclusive: the cursor's own key may be shared by
     documents on both sides of it; None: upward from below `oldest`, the oldest key thought to
     exist, or downward from above `newest`, the newest), nearest to it first, and the density
-    they had (documents per ms) to size the next page's first window. Every key lies in
-    [lowest, highest]: each window is bounded on both sides, which the embedded server needs to
-    use the index."""
+    they had (documents per ms) to size the next page's first window. Only keys in [lowest,
+    highest] are read (the search's own range on the key, or every key there is): each window
+    is bounded on both sides, which the embedded server needs to use the index."""
     kept: list[JsonDict] = []
+    if lowest > highest:
+        return kept, density
     width = FIRST_WIDTH_MS if not density else max(1, int(want * _SLACK / density))
     # The bound already walked past: (key, inclusive), or None for the very end of the order.
     edge: tuple[int, bool] | None = None if start is None else (start, True)
@@ -77,7 +79,7 @@ async def walk_key_windows(
             condition.setdefault("$gte", lowest)
         else:
             # With no cursor the first window is open above: nothing newer can be missed.
-            near = edge[0] if edge is not None else newest
+            near = edge[0] if edge is not None else min(newest, highest)
             far = near - width
             last = far < lowest
             condition["$gte"] = lowest if last else far
