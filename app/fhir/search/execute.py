@@ -525,11 +525,7 @@ class SearchEngine:
             return False
         if cursor is not None and not isinstance(cursor.key[0], int):
             return False
-        key = order.spec[0][0]
-        flat = search.split.flat
-        if key in flat and _key_bounds(flat[key]) is None:
-            return False
-        return all(name in ("deleted", key) for name in flat)
+        return _filters_only_on(search.split.flat, order.spec[0][0])
 
     async def _key_windowed_page(
         self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
@@ -571,8 +567,10 @@ class SearchEngine:
             int((written.timestamp() if written else time.time()) * 1000),
             self.key_ends.get((rtype, False)) or 0,
         )
-        oldest_seen = [int(first.timestamp() * 1000)] if first else []
-        oldest_seen += [seen] if (seen := self.key_ends.get((rtype, True))) else []
+        oldest = max(
+            int(first.timestamp() * 1000) if first else 0,
+            self.key_ends.get((rtype, True)) or 0,
+        )
         docs, density = await walk_key_windows(
             fetch,
             upward=upward,
@@ -583,7 +581,7 @@ class SearchEngine:
             newest=newest,
             key_of=key_of,
             density=self.key_densities.get(shape),
-            oldest=max(oldest_seen, default=None),
+            oldest=oldest or None,
         )
         if density:
             self.key_densities.learn(shape, density)
@@ -776,12 +774,18 @@ def _changes_order(search: _TypeSearch, query: SearchQuery) -> SortOrder | None:
     if query.result_values("_sort"):
         return None
     flat = search.split.flat
-    keys = [name for name in flat if name in POINT_KEYS]
-    if len(keys) != 1 or _key_bounds(flat[keys[0]]) is None:
-        return None
-    if not all(name in ("deleted", keys[0]) for name in flat):
-        return None
-    return SortOrder(((keys[0], 1), ("_id", 1)))
+    for key in POINT_KEYS & flat.keys():
+        if _filters_only_on(flat, key):
+            return SortOrder(((key, 1), ("_id", 1)))
+    return None
+
+
+def _filters_only_on(flat: JsonDict, key: str) -> bool:
+    """Whether the database filter holds nothing but `deleted` and a range on `key`, which
+    then bounds a walk through windows of that key instead of joining each window's filter."""
+    if key in flat and _key_bounds(flat[key]) is None:
+        return False
+    return all(name in ("deleted", key) for name in flat)
 
 
 def _key_bounds(condition: Any) -> tuple[int, int] | None:
