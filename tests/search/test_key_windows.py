@@ -10,9 +10,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
+from app.fhir.search.compile import DATE_CEILING
+from app.fhir.search.execute import SearchEngine
 from app.fhir.search.key_windows import walk_key_windows
+from app.store.client import EmbeddedServer
+from app.store.versions import Store
 from tests.search.conftest import LOINC, SearchWorld, match_ids, new_world, parse_items
 
 JsonDict = dict[str, Any]
@@ -265,3 +269,42 @@ async def test_what_changed_since_with_another_condition_keeps_id_order(
     query = f"_lastUpdated=gt{since}&status=amended,final,corrected&_count=9"
     pages, _ = await _pages(written, query)
     assert [i for page in pages for i in page] == sorted(i for at, i in changes if at > since)
+
+
+class FindFilters(monitoring.CommandListener):
+    """The filter of every find sent to the Observation collection."""
+
+    def __init__(self) -> None:
+        self.filters: list[JsonDict] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command["find"] == "Observation":
+            self.filters.append(dict(event.command["filter"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.mark.parametrize("query", ["_sort=-_lastUpdated&_count=7", "_lastUpdated=gt2020-01-01"])
+async def test_last_updated_pages_query_only_bounded_windows_of_the_key(
+    written: SearchWorld, database: EmbeddedServer, query: str
+) -> None:
+    """What makes these pages fast on the embedded server, which loads every match of a find:
+    no query leaves the key open on either side."""
+    listener = FindFilters()
+    client: AsyncMongoClient[JsonDict] = AsyncMongoClient(database.uri, event_listeners=[listener])
+    try:
+        engine = SearchEngine(Store(client[written.store.db.name]), cursor_secret=b"k")
+        watched = SearchWorld(written.store, engine, written.interactions)
+        pages, _ = await _pages(watched, query)
+    finally:
+        await client.close()
+    assert len(pages) > 1 and listener.filters
+    windows = [flt["s._lastUpdated:lo"] for flt in listener.filters]
+    for window in windows:
+        assert {"$gt", "$gte"} & window.keys() and {"$lt", "$lte"} & window.keys(), window
+    # Windows, not the search's whole range: some end below every key there could be.
+    assert any(window.get("$lt", DATE_CEILING) < DATE_CEILING for window in windows), windows
