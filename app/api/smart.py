@@ -25,6 +25,9 @@ from app.security.patients import list_patients, patient_exists
 from app.security.service import Security
 
 log = logging.getLogger("hestia.security")
+# Two routers, so that the app can route them apart (app/main.py): discovery lives under
+# /fhir and must be matched before the FHIR routes, the OAuth endpoints after them.
+discovery_router = APIRouter()
 router = APIRouter()
 
 SESSION_COOKIE = "hestia_oauth_session"
@@ -43,12 +46,12 @@ def _security(request: Request) -> Security:
 # -- discovery -------------------------------------------------------------------------------
 
 
-@router.get("/fhir/.well-known/smart-configuration")
+@discovery_router.get("/fhir/.well-known/smart-configuration")
 async def smart_config(request: Request) -> JSONResponse:
     return JSONResponse(smart_configuration(_security(request).config))
 
 
-@router.get("/fhir/.well-known/openid-configuration")
+@discovery_router.get("/fhir/.well-known/openid-configuration")
 async def openid_config(request: Request) -> JSONResponse:
     return JSONResponse(openid_configuration(_security(request).config))
 

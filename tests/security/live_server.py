@@ -64,6 +64,7 @@ def build_app(live: LiveServer, uri: str) -> FastAPI:
         await client.close()
 
     app = FastAPI(lifespan=lifespan)
+    app.include_router(smart.discovery_router)
     app.include_router(smart.router)
     install_error_handlers(app)
 
