@@ -35,9 +35,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL, millis
+from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL, instant_text, millis
 from app.audit.events import JsonDict
-from app.store.versions import instant
 
 # Stored once per block, not per event.
 BLOCK_FIELDS = ("batch", "writer", "written")
@@ -75,7 +74,7 @@ class UnreadableBlock(ValueError):
 def packed(events: list[JsonDict]) -> Binary:
     """A block's events as the one binary value it stores."""
     return Binary(
-        orjson.dumps([{**event, "recorded": instant(event["recorded"])} for event in events])
+        orjson.dumps([{**event, "recorded": instant_text(event["recorded"])} for event in events])
     )
 
 
