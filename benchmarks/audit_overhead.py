@@ -221,19 +221,25 @@ def compare(bases: dict[str, str], ids: list[str], args: argparse.Namespace) -> 
 # -- the append benchmark ----------------------------------------------------------------------
 
 
-async def append_bench(mongodb_uri: str, writers: int, seconds: float, window: float) -> None:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongodb_uri, tz_aware=True, tzinfo=UTC
-    )
-    database = client[f"append_bench_{writers}_{int(window * 1e6)}"]
-    await database.drop_collection("audit_events")
-    log = AuditLog(window=window)
-    await log.start(database)
+async def append_bench(
+    mongodb_uri: str, writers: int, seconds: float, window: float, logs: int = 1
+) -> None:
+    """`writers` concurrent appenders spread over `logs` AuditLogs, each with its own client:
+    several logs are several worker processes (or servers) appending to the one chain."""
+    clients: list[AsyncMongoClient[dict[str, Any]]] = [
+        AsyncMongoClient(mongodb_uri, tz_aware=True, tzinfo=UTC) for _ in range(logs)
+    ]
+    name = f"append_bench_{writers}_{int(window * 1e6)}_{logs}"
+    await clients[0].drop_database(name)
+    audit_logs = [AuditLog(window=window) for _ in range(logs)]
+    for log, client in zip(audit_logs, clients, strict=True):
+        await log.start(client[name])
     source = AuditSource("bench")
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
     async def writer(n: int) -> None:
+        log = audit_logs[n % logs]
         while time.perf_counter() < deadline:
             facts = AuditFacts("read", resource_type="Patient", resource_id=f"p{n}", status=200)
             [event] = build_events(facts, source)
@@ -242,14 +248,20 @@ async def append_bench(mongodb_uri: str, writers: int, seconds: float, window: f
             latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(writer(n) for n in range(writers)))
-    await log.stop()
-    await client.close()
+    for log in audit_logs:
+        await log.stop()
+    await clients[0].drop_database(name)
+    for client in clients:
+        await client.close()
     ms = [x * 1000 for x in latencies]
-    batches = max(1, log.stats.batches)
+    batches = max(1, sum(log.stats.batches for log in audit_logs))
+    events = sum(log.stats.events for log in audit_logs)
+    conflicts = sum(log.stats.conflicts for log in audit_logs)
     print(
-        f"append: {writers:3} writers, window {window * 1000:.1f} ms: "
+        f"append: {writers:3} writers, {logs} log(s), window {window * 1000:.1f} ms: "
         f"{len(ms) / seconds:,.0f} events/s, p50 {percentile(ms, 0.5):.2f} ms, "
-        f"p99 {percentile(ms, 0.99):.2f} ms, {log.stats.events / batches:.1f} events/insert"
+        f"p99 {percentile(ms, 0.99):.2f} ms, {events / batches:.1f} events/insert, "
+        f"{conflicts / batches:.2f} chain conflicts/insert"
     )
 
 
@@ -296,8 +308,17 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, uri: str) -> None:
-    for writers, window in ((1, 0.0), (16, 0.0), (16, 0.001), (64, 0.001), (64, 0.002)):
-        asyncio.run(append_bench(uri, writers, 3.0, window))
+    for writers, window, logs in (
+        (1, 0.0, 1),
+        (16, 0.0, 1),
+        (16, 0.001, 1),
+        (64, 0.001, 1),
+        (64, 0.002, 1),
+        # Several processes on one chain (`hestia serve --workers N`): they contend for it.
+        (16, 0.0, 2),
+        (16, 0.0, 4),
+    ):
+        asyncio.run(append_bench(uri, writers, 3.0, window, logs))
     if args.append_only:
         return
     if args.target == "small":
