@@ -576,3 +576,42 @@ def test_empty_values_are_ignored_with_a_warning() -> None:
 def test_contained_reference_value_matches_nothing() -> None:
     assert _hits("Observation", "subject=%23contained", OBSERVATIONS) == []
     assert _hits("Observation", "subject=#x", OBSERVATIONS) == []
+
+
+def _date_ranges(node: Any, fields: frozenset[str]) -> list[JsonDict]:
+    """Every condition on one of `fields` in a compiled filter."""
+    found: list[JsonDict] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in fields:
+                found.append(value)
+            else:
+                found += _date_ranges(value, fields)
+    elif isinstance(node, list):
+        for item in node:
+            found += _date_ranges(item, fields)
+    return found
+
+
+@pytest.mark.parametrize("prefix", ["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"])
+@pytest.mark.parametrize(
+    ("resource_type", "code", "fields"),
+    [
+        ("Observation", "date", frozenset({"s.date:lo", "s.date:hi"})),
+        ("Observation", "_lastUpdated", frozenset({"s._lastUpdated:lo"})),
+    ],
+)
+def test_every_date_comparison_is_bounded_on_both_sides(
+    prefix: str, resource_type: str, code: str, fields: frozenset[str]
+) -> None:
+    """The embedded server scans a whole collection for a range open on one side, index or
+    not, so the compiler names the other end of the key space too (compile.DATE_FLOOR and
+    DATE_CEILING); the results are the same."""
+    compiled = _filter(resource_type, f"{code}={prefix}2013-01-14")
+    ranges = _date_ranges(compiled, fields)
+    assert ranges
+    for condition in ranges:
+        assert condition.keys() & {"$gt", "$gte"} and condition.keys() & {"$lt", "$lte"}, (
+            prefix,
+            condition,
+        )

@@ -151,7 +151,7 @@ def _date_condition(code: str, raw: str, now_ms: int) -> JsonDict:
     if code in POINT_DATES:
         return _point_condition(code, prefix, low, high, now_ms)
     lo, hi = _field(code, ":lo"), _field(code, ":hi")
-    contained = {lo: {"$gte": low, "$lte": DATE_CEILING}, hi: {"$lte": high, "$gte": DATE_FLOOR}}
+    contained = {**_above(lo, "$gte", low), **_below(hi, "$lte", high)}
     if prefix == "eq":
         return contained
     if prefix == "ne":
@@ -172,7 +172,7 @@ def _date_condition(code: str, raw: str, now_ms: int) -> JsonDict:
         return _below(hi, "$lt", low)
     # ap: R4 leaves the width to the server; 10% of the distance from now, at least a day.
     gap = max(abs(now_ms - low) // 10, 86_400_000)
-    return {lo: {"$lte": high + gap}, hi: {"$gte": low - gap}}
+    return {**_below(lo, "$lte", high + gap), **_above(hi, "$gte", low - gap)}
 
 
 def _number_bounds(prefix: str, text: str, code: str) -> tuple[str, Decimal, Decimal, Decimal]:
