@@ -46,6 +46,7 @@ from app.store.cache import CurrentCache
 from app.store.changes import ChangeFeed
 from app.store.client import Database, shared_secret
 from app.store.indexes import ensure_search_indexes
+from app.store.pair_keys import PairKeys
 from app.store.raw import RawStore
 from app.store.versions import Store, instant, now_utc
 from app.store.write_clock import WriteClock
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         feed = ChangeFeed(database.db)
         audit_index: AuditIndex | None = None
+        pair_keys: PairKeys | None = None
         try:
             await database.ping()
             if audit_log is not None:
@@ -92,8 +94,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # multi-document transactions stalls the embedded server. Idempotent and quick
             # (about 0.3 s) once the indexes exist.
             await ensure_search_indexes(store, sorted(model.STORABLE_TYPES))
+            # Documents stored before the pair keys existed get them in the background;
+            # searches use a type's pair key once all its documents have it.
+            pair_keys = PairKeys(store)
+            await pair_keys.open(model.STORABLE_TYPES)
             cursor_secret = await shared_secret(database, "cursor")
-            engine = SearchEngine(store, cursor_secret=cursor_secret)
+            engine = SearchEngine(
+                store, cursor_secret=cursor_secret, pair_keys_ready=pair_keys.ready
+            )
             audit_database = database.client[audit_database_name(settings.database)]
             audit_store = Store(audit_database)
             audit_index = AuditIndex(audit_database)
@@ -160,6 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await mllp.stop()
         finally:
             await feed.stop()
+            if pair_keys is not None:
+                await pair_keys.close()
             if audit_index is not None:
                 await audit_index.stop()
             if audit_log is not None:

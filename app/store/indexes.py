@@ -9,6 +9,8 @@ real workloads filter on get one:
 - the patient links `patient` and `subject`, plus `encounter` (includes, reverse includes,
   `_has`, chains all land on these);
 - `code` and `date` (both range ends) for the clinical types;
+- the pair key `patient+code` (fhir/search/pairs.py) where a type has both parameters: a
+  patient's results for a code are one index range, not all the patient's resources;
 - `_lastUpdated` (its low end) for every type: incremental sync filters and sorts on it;
 - names (`name`, `family`, `given` prefixes) and `birthdate` for the person-like types,
   `name` for the directory types, and `url` for the canonical (conformance) types.
@@ -38,6 +40,7 @@ from functools import cache
 
 from pymongo import ASCENDING, IndexModel
 
+from app.fhir.search.pairs import PAIR_FIELD, pair_types
 from app.fhir.search.parameters import registry
 from app.store.versions import Store
 
@@ -102,6 +105,8 @@ def search_index_fields(resource_type: str) -> list[str]:
     if resource_type in _DIRECTORY_TYPES:
         add("name")
     add("url")
+    if resource_type in pair_types():
+        fields.append(PAIR_FIELD)
     return list(dict.fromkeys(fields))
 
 

@@ -19,6 +19,7 @@ from app.fhir.interactions import Interactions
 from app.fhir.search.execute import SearchEngine
 from app.store.client import EmbeddedServer
 from app.store.indexes import ensure_search_indexes
+from app.store.pair_keys import PairKeys
 from app.store.versions import Store
 
 JsonDict = dict[str, Any]
@@ -88,7 +89,9 @@ async def mongo(database: EmbeddedServer) -> AsyncIterator[AsyncMongoClient[Json
 async def new_world(mongo: AsyncMongoClient[JsonDict], types: list[str]) -> SearchWorld:
     store = Store(mongo[f"search_{uuid.uuid4().hex[:12]}"])
     await ensure_search_indexes(store, types)
-    engine = SearchEngine(store, cursor_secret=b"test-secret")
+    pair_keys = PairKeys(store)
+    await pair_keys.open(types)  # a new database: every pair type is complete at once
+    engine = SearchEngine(store, cursor_secret=b"test-secret", pair_keys_ready=pair_keys.ready)
     return SearchWorld(store, engine, Interactions(store, engine.match_ids))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -44,6 +45,7 @@ from app.fhir.search.compile import (
 from app.fhir.search.include import Includer, IncludeSpec, forward_fields, parse_includes
 from app.fhir.search.key_windows import walk_key_windows
 from app.fhir.search.paging import CURSOR_PARAM, Cursor, CursorCodec, query_id
+from app.fhir.search.pairs import PAIR_FIELD, accelerate, pair_types
 from app.fhir.search.parameters import Registry, registry
 from app.fhir.search.parse import RESULT_PARAMETERS, SearchQuery, parse
 from app.fhir.search.plan import SortOrder, Split, field_values, split
@@ -99,8 +101,12 @@ class SearchEngine:
         *,
         cursor_secret: bytes | None = None,
         search_registry: Registry | None = None,
+        pair_keys_ready: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
+        # Whether every stored document of a type has its pair key (store/pair_keys.py); a
+        # search may only use the key then (pairs.py).
+        self.pair_keys_ready = pair_keys_ready or (lambda _resource_type: False)
         self.registry = search_registry or registry()
         self.codec = CursorCodec(cursor_secret)
         self.known_types = model.STORABLE_TYPES
@@ -376,6 +382,8 @@ class SearchEngine:
             return values
 
         resolved = await resolve_subqueries({"$and": conditions}, find_values)
+        if resource_type in pair_types() and self.pair_keys_ready(resource_type):
+            resolved = accelerate(resolved)
         selective = self._selective(resource_type)
         return _TypeSearch(resource_type, query, split(resolved, tail=tail, selective=selective))
 
@@ -385,7 +393,7 @@ class SearchEngine:
         if found is None:
             params = self.registry.for_type(resource_type).items()
             found = frozenset(
-                {"s.identifier", "compartments"}
+                {"s.identifier", "compartments", PAIR_FIELD}
                 | {f"s.{code}" for code, p in params if p.param_type == "reference"}
             )
             self._selective_fields[resource_type] = found

@@ -31,6 +31,8 @@ equality and range conditions only (compile.py). For a parameter with code `c`:
                                'd:N(low)'
     special     _text          distinct folded words of the narrative (at most 512)
                 _content       the same for the narrative plus every string in the resource
+    pair        patient+code   a digest per (patient key, code key), on the types that have
+                               both parameters: one index for both (pairs.py)
 
 Lists are deduplicated; a parameter without values has no key at all, so `:missing=true` is
 `$exists: false`. Sorting uses MongoDB's own array rule (ascending sorts by the smallest
@@ -53,6 +55,7 @@ from typing import Any
 
 from app.fhir.search import keys as k
 from app.fhir.search.fhirpath_compile import reference_type
+from app.fhir.search.pairs import PAIR_KEY, pair_types, pair_values
 from app.fhir.search.parameters import SearchParam, registry
 
 JsonDict = dict[str, Any]
@@ -457,7 +460,8 @@ def build_index(
     resources with a generated narrative) for deployments that do not offer those parameters,
     and optionally for the parameters named in `only` alone (a store that offers only those)."""
     out = Keys()
-    plan, has_text_search = _plan(str(resource.get("resourceType", "")))
+    resource_type = str(resource.get("resourceType", ""))
+    plan, has_text_search = _plan(resource_type)
     for param, index in plan:
         if only is not None and param.code not in only:
             continue
@@ -470,7 +474,12 @@ def build_index(
                 index(out, param.code, node)
     if text_search and has_text_search:
         _index_text_search(out, resource)
-    return {key: list(values) for key, values in out.items() if values}
+    keys = {key: list(values) for key, values in out.items() if values}
+    if resource_type in pair_types():
+        pairs = pair_values(keys)
+        if pairs:
+            keys[PAIR_KEY] = pairs
+    return keys
 
 
 def patient_compartments(resource: JsonDict) -> list[str]:

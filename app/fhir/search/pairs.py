@@ -1,0 +1,119 @@
+"""Pair keys: one indexed key for "this patient's resources with this code".
+
+The commonest clinical search is a patient's results for a code (`Observation?patient=X&
+code=LOINC&date=ge…`, the same for Condition, Procedure, MedicationRequest…). Each condition
+alone has an index, but either one picks far more documents than both together: a patient has
+hundreds of Observations, a code thousands. MongoDB cannot put `s.patient` and `s.code` in one
+compound index (both are arrays), and the embedded server loads every document its driving
+index finds before it applies the rest of the filter (measured on 85,000 Observations: 12 ms of
+database time for a 4-result search driven by `patient`, about 85 documents loaded).
+
+So a type that has both parameters also stores `s.patient+code`: one short digest for every
+(patient key, code key) pair of the resource, with a `(key, deleted, _id)` index
+(store/indexes.py). A search with equality conditions on both gets one more condition, first
+in its filter: `s.patient+code ∈ {digest(p, c) for every searched p and c}`. A document meets
+both original conditions exactly when one of its pairs is among those, so the result cannot
+change; the original conditions stay in the filter too, so a digest collision could only make
+the database load one more document, never return it.
+
+Documents stored before the pair keys existed do not have them, so a search uses them only
+once store/pair_keys.py reports the type's backfill complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import cache
+from typing import Any
+
+from app.fhir.search.parameters import registry
+
+JsonDict = dict[str, Any]
+
+PATIENT, CODE = "patient", "code"
+PAIR_KEY = f"{PATIENT}+{CODE}"
+PAIR_FIELD = f"s.{PAIR_KEY}"
+# A search naming more patients and codes than this (a long chain's result, say) reads the
+# patient or code index as before: the pair list would cost more to send than it saves.
+MAX_SEARCH_PAIRS = 256
+
+
+def digest(patient_key: str, code_key: str) -> str:
+    raw = hashlib.blake2b(f"{patient_key}\n{code_key}".encode(), digest_size=9).digest()
+    return base64.b64encode(raw).decode("ascii")
+
+
+@cache
+def pair_types() -> frozenset[str]:
+    """The types with both a `patient` reference and a `code` token parameter."""
+    reg = registry()
+    found = set()
+    for resource_type in reg.resource_types:
+        params = reg.for_type(resource_type)
+        patient, code = params.get(PATIENT), params.get(CODE)
+        if (
+            patient is not None
+            and code is not None
+            and patient.param_type == "reference"
+            and code.param_type == "token"
+            and patient.extractor is not None
+            and code.extractor is not None
+        ):
+            found.add(resource_type)
+    return frozenset(found)
+
+
+def pair_values(keys: JsonDict) -> list[str]:
+    """The pair key of an `s` document: a digest per (patient key, code key); [] if either is
+    missing."""
+    patients, codes = keys.get(PATIENT), keys.get(CODE)
+    if not patients or not codes:
+        return []
+    return list(dict.fromkeys(digest(p, c) for p in patients for c in codes))
+
+
+def _equal_strings(condition: Any) -> list[str] | None:
+    if isinstance(condition, str):
+        return [condition]
+    if isinstance(condition, dict) and set(condition) == {"$in"}:
+        values = condition["$in"]
+        if all(isinstance(v, str) for v in values):
+            return list(values)
+    return None
+
+
+def _single_field_conjuncts(node: Any) -> list[tuple[str, Any]]:
+    """The `field: condition` parts that `node` ANDs (through nested `$and`s)."""
+    if not isinstance(node, dict):
+        return []
+    found: list[tuple[str, Any]] = []
+    for name, condition in node.items():
+        if name == "$and" and isinstance(condition, list):
+            for part in condition:
+                found += _single_field_conjuncts(part)
+        elif not name.startswith("$"):
+            found.append((name, condition))
+    return found
+
+
+def accelerate(node: JsonDict) -> JsonDict:
+    """`node` (a resolved filter on a pair type) with the pair condition first, when it has
+    equality conditions on both `s.patient` and `s.code`; otherwise `node` itself."""
+    patients: list[str] | None = None
+    codes: list[str] | None = None
+    for name, condition in _single_field_conjuncts(node):
+        values = _equal_strings(condition)
+        if values is None:
+            continue
+        # Two conditions on one field are ANDed: either one's pairs are a superset, so the
+        # first is enough (the conditions themselves stay in the filter).
+        if name == f"s.{PATIENT}" and patients is None:
+            patients = values
+        elif name == f"s.{CODE}" and codes is None:
+            codes = values
+    if not patients or not codes or len(patients) * len(codes) > MAX_SEARCH_PAIRS:
+        return node
+    wanted = sorted({digest(p, c) for p in patients for c in codes})
+    pair_condition: Any = wanted[0] if len(wanted) == 1 else {"$in": wanted}
+    return {"$and": [{PAIR_FIELD: pair_condition}, node]}

@@ -1,0 +1,208 @@
+"""Pair keys (fhir/search/pairs.py): a patient's resources with a code, from one index.
+
+A search that uses them must return exactly what the same search returns without them, on
+every form a patient or a code can be searched by; the database must serve them from the pair
+index; and a store written before they existed must get them by the backfill
+(store/pair_keys.py), with searches not relying on them until it is complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from app.fhir.search.compile import compile_query
+from app.fhir.search.execute import SearchEngine
+from app.fhir.search.pairs import PAIR_FIELD, accelerate, digest, pair_types
+from app.fhir.search.parameters import registry
+from app.fhir.search.parse import parse
+from app.fhir.search.plan import split
+from app.store.pair_keys import STATE, PairKeys
+from tests.search.conftest import BASE, LOINC, SearchWorld, match_ids, new_world, parse_items
+
+JsonDict = dict[str, Any]
+SNOMED = "http://snomed.info/sct"
+
+
+def _obs(oid: str, subject: str, codings: list[JsonDict], date: str) -> JsonDict:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": codings},
+        "subject": {"reference": subject},
+        "effectiveDateTime": date,
+    }
+
+
+def _loinc(code: str) -> JsonDict:
+    return {"system": LOINC, "code": code}
+
+
+RESOURCES: list[JsonDict] = [
+    {"resourceType": "Patient", "id": "p1"},
+    {"resourceType": "Patient", "id": "p2"},
+    {"resourceType": "Group", "id": "p1", "type": "person", "actual": True},
+    _obs("o1", "Patient/p1", [_loinc("2339-0")], "2021-03-01"),
+    _obs("o2", "Patient/p1", [_loinc("2339-0")], "2023-05-01"),
+    _obs("o3", "Patient/p1", [_loinc("4548-4")], "2023-06-01"),
+    _obs("o4", "Patient/p2", [_loinc("2339-0")], "2023-07-01"),
+    # Two codings: found by either code, and by the system alone.
+    _obs("o5", "Patient/p2", [_loinc("4548-4"), {"system": SNOMED, "code": "43396009"}], "2022"),
+    # A code without a system: `|code` and `code` find it, `system|code` does not.
+    _obs("o6", "Patient/p1", [{"code": "2339-0"}], "2023-01-01"),
+    # A Group with the same id as a patient: `patient=` never finds it, `subject=` does.
+    _obs("o7", "Group/p1", [_loinc("2339-0")], "2023-02-01"),
+    {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": SNOMED, "code": "44054006"}]},
+    },
+]
+
+QUERIES = [
+    ("Observation", "patient=p1&code=2339-0"),
+    ("Observation", "patient=Patient/p1&code=http://loinc.org|2339-0"),
+    ("Observation", "patient=p1&code=|2339-0"),
+    ("Observation", "patient=p1&code=http://loinc.org|"),
+    ("Observation", "patient=p1,p2&code=2339-0,4548-4"),
+    ("Observation", "patient=p2&code=http://snomed.info/sct|43396009"),
+    ("Observation", "patient=p1&code=2339-0&date=ge2023-01-01"),
+    ("Observation", "patient=p1&code=2339-0&code=http://loinc.org|2339-0"),
+    ("Observation", "patient:Patient=p1&code=2339-0"),
+    ("Observation", "subject=p1&code=2339-0"),
+    ("Observation", "patient=p1&code:not=2339-0"),
+    ("Observation", "patient.name=x&code=2339-0"),
+    ("Observation", "patient=nobody&code=2339-0"),
+    ("Condition", "patient=p1&code=44054006"),
+    ("Condition", "patient=p2&code=44054006"),
+]
+
+
+@pytest.fixture(scope="module")
+async def world(mongo: AsyncMongoClient[JsonDict]) -> SearchWorld:
+    world = await new_world(mongo, ["Patient", "Group", "Observation", "Condition"])
+    for resource in RESOURCES:
+        await world.put(resource)
+    return world
+
+
+async def _ids(engine: SearchEngine, resource_type: str, query: str) -> list[str]:
+    bundle = await engine.search(
+        resource_type, parse_items(query), base_url=BASE, page_size=50, max_page_size=500
+    )
+    return match_ids(bundle)
+
+
+def test_types_with_a_patient_and_a_code_have_pair_keys() -> None:
+    assert {"Observation", "Condition", "Procedure", "MedicationRequest"} <= pair_types()
+    assert "Patient" not in pair_types() and "Encounter" not in pair_types()
+
+
+async def test_stored_pairs_are_every_patient_key_with_every_code_key(world: SearchWorld) -> None:
+    doc = await world.store.current("Observation").find_one({"_id": "o5"})
+    assert doc is not None
+    keys = doc["s"]
+    expected = {digest(p, c) for p in keys["patient"] for c in keys["code"]}
+    assert set(keys["patient+code"]) == expected
+    assert len(expected) == len(keys["patient"]) * len(keys["code"]) == 2 * 6
+
+
+@pytest.mark.parametrize(("resource_type", "query"), QUERIES)
+async def test_searches_find_the_same_with_and_without_pair_keys(
+    world: SearchWorld, resource_type: str, query: str
+) -> None:
+    plain = SearchEngine(world.store, cursor_secret=b"test-secret")
+    assert world.engine.pair_keys_ready(resource_type)
+    assert await _ids(world.engine, resource_type, query) == await _ids(plain, resource_type, query)
+
+
+async def test_the_expected_results(world: SearchWorld) -> None:
+    """The equality above is only worth something if the plain searches are right."""
+    engine = world.engine
+    assert await _ids(engine, "Observation", "patient=p1&code=2339-0") == ["o1", "o2", "o6"]
+    assert await _ids(engine, "Observation", "patient=p1&code=http://loinc.org|2339-0") == [
+        "o1",
+        "o2",
+    ]
+    assert await _ids(engine, "Observation", "patient=p2&code=43396009") == ["o5"]
+    assert await _ids(engine, "Observation", "subject=p1&code=2339-0") == ["o1", "o2", "o6", "o7"]
+    assert await _ids(engine, "Observation", "patient=p1&code=2339-0&date=ge2023-01-01") == [
+        "o2",
+        "o6",
+    ]
+
+
+def _flat(resource_type: str, query: str) -> JsonDict:
+    parsed = parse(resource_type, parse_items(query), registry(), True)
+    node = accelerate(compile_query(parsed, now_ms=0))
+    selective = {PAIR_FIELD, "s.patient", "s.subject", "compartments", "s.identifier"}
+    return split(node, tail={"deleted": False}, selective=selective).flat
+
+
+def test_the_pair_condition_leads_the_filter_and_the_originals_stay() -> None:
+    flat = _flat("Observation", "patient=p1&code=2339-0,4548-4&date=ge2023")
+    assert next(iter(flat)) == PAIR_FIELD
+    assert flat[PAIR_FIELD] == {"$in": sorted({digest("p1", "2339-0"), digest("p1", "4548-4")})}
+    assert flat["s.patient"] == "p1"
+    assert flat["s.code"] == {"$in": ["2339-0", "4548-4"]}
+    assert "s.date:hi" in flat
+
+
+def test_no_pair_condition_without_equalities_on_both() -> None:
+    for query in ("patient=p1", "code=2339-0", "patient=p1&code:not=2339-0", "code=x&subject=p1"):
+        assert PAIR_FIELD not in _flat("Observation", query), query
+    assert PAIR_FIELD not in _flat("Observation", "patient:missing=true&code=2339-0")
+
+
+async def test_the_pair_index_serves_the_search(world: SearchWorld) -> None:
+    flt = {PAIR_FIELD: digest("p1", "2339-0"), "deleted": False}
+    plan = await world.store.current("Observation").find(flt).explain()
+    stages = []
+    stage = plan["queryPlanner"]["winningPlan"]
+    while stage:
+        stages.append((stage.get("stage"), stage.get("indexName")))
+        stage = stage.get("inputStage")
+    assert ("IXSCAN", f"{PAIR_FIELD}+deleted+_id") in stages
+
+
+async def test_an_older_store_is_backfilled_and_used_only_once_complete(
+    mongo: AsyncMongoClient[JsonDict],
+) -> None:
+    world = await new_world(mongo, ["Patient", "Group", "Observation", "Condition"])
+    for resource in RESOURCES:
+        await world.put(resource)
+    # What a store written before pair keys looks like: no keys, no record of completion.
+    for resource_type in ("Observation", "Condition"):
+        await world.store.current(resource_type).update_many({}, {"$unset": {PAIR_FIELD: ""}})
+    await world.store.db[STATE].delete_many({})
+
+    opened = PairKeys(world.store)
+    await opened.open(["Patient", "Group", "Observation", "Condition"], backfill=False)
+    assert not opened.ready("Observation") and not opened.ready("Condition")
+    engine = SearchEngine(world.store, cursor_secret=b"k", pair_keys_ready=opened.ready)
+    # Not complete: the search does not rely on the missing keys.
+    assert await _ids(engine, "Observation", "patient=p1&code=2339-0") == ["o1", "o2", "o6"]
+
+    backfill = PairKeys(world.store)
+    await backfill.open(["Patient", "Group", "Observation", "Condition"])
+    await backfill.wait()
+    assert backfill.ready("Observation") and backfill.ready("Condition")
+    # o1..o6 and c1; o7's subject is a Group, so it has no patient key and no pairs.
+    assert backfill.backfilled == 7
+    lacking = await world.store.current("Observation").count_documents(
+        {"s.patient": {"$exists": True}, PAIR_FIELD: {"$exists": False}}
+    )
+    assert lacking == 0
+    engine = SearchEngine(world.store, cursor_secret=b"k", pair_keys_ready=backfill.ready)
+    for resource_type, query in QUERIES:
+        plain = SearchEngine(world.store, cursor_secret=b"k")
+        assert await _ids(engine, resource_type, query) == await _ids(plain, resource_type, query)
+
+    # Recorded: the next start-up trusts the record and has nothing to do.
+    again = PairKeys(world.store)
+    await again.open(["Observation", "Condition"])
+    assert again.ready("Observation") and again._task is None
