@@ -123,6 +123,11 @@ class AuditLog:
         self._batch_counter = 0
         # When the writer last had work: the search index is brought up to date when quiet.
         self.last_active = time.monotonic()
+        # Cleared by the search indexer while its backlog is over its bound (projection.py):
+        # appends then wait for it, up to `timeout`, so that sustained load pays for its
+        # indexing as it goes instead of leaving auditors an ever longer wait.
+        self._room = asyncio.Event()
+        self._room.set()
 
     @property
     def head_seq(self) -> int:
@@ -131,6 +136,13 @@ class AuditLog:
 
     def idle_for(self) -> float:
         return time.monotonic() - self.last_active if self._queue.empty() else 0.0
+
+    def hold(self) -> None:
+        """Make appends wait (see `_room`)."""
+        self._room.clear()
+
+    def release(self) -> None:
+        self._room.set()
 
     @property
     def running(self) -> bool:
@@ -185,6 +197,10 @@ class AuditLog:
             return []
         if not self.running:
             raise AuditUnavailable("the audit log is not running")
+        if not self._room.is_set():
+            # The index is rebuildable from the journal: never refuse an access over it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self.timeout)
         done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(list(events), done))
         return await done

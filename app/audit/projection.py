@@ -4,10 +4,15 @@ Auditors search AuditEvents by patient, date, agent … through the ordinary sea
 which needs one document per event with its search keys. Building those on the request path
 would double what auditing costs every read, so they are derived from the journal afterwards:
 
-- when the writer of this process has been quiet for a moment (`follow`);
-- at the latest when the backlog passes `max_backlog` events, in chunks, under sustained load;
+- all of the backlog when the writer of this process has been quiet for a moment, or under
+  light load (`follow`, `indexing_due`);
+- under heavy load, once the backlog passes `max_backlog` events, back down to half of it:
+  bursts are indexed after they pass. Should load outrun the indexing, appends wait once the
+  backlog passes twice the bound (AuditLog.hold): sustained load pays for its indexing as it
+  goes, and the backlog cannot grow without bound (`benchmarks/audit_overhead.py` reports
+  the request-path cost and the sustained one);
 - always before an auditor's read or search is answered (`catch_up`), so auditors never miss
-  an event that was durable when they asked.
+  an event that was durable when they asked. The backlog bound is what bounds their wait.
 
 The index is a contiguous prefix of the chain: events are inserted in seq order, ordered, and
 an insert that meets an event another process indexed first stops there, so what is indexed
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pymongo import WriteConcern
@@ -121,11 +127,13 @@ class AuditIndex:
         *,
         quiet_s: float = 0.5,
         interval_s: float = 0.5,
-        max_backlog: int = 50_000,
+        light: int = 50,
+        max_backlog: int = 2_000,
     ) -> None:
-        """Index in the background: when `writer` is quiet, or when far behind."""
+        """Index in the background, as `indexing_due` says, checked every `interval_s`."""
         self._task = asyncio.create_task(
-            self._follow(writer, quiet_s, interval_s, max_backlog), name="audit-index"
+            self._follow(writer, Pacing(quiet_s, light, max_backlog), interval_s),
+            name="audit-index",
         )
 
     async def stop(self) -> None:
@@ -135,24 +143,67 @@ class AuditIndex:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _follow(
-        self, writer: AuditLog, quiet_s: float, interval_s: float, max_backlog: int
+    async def _follow(self, writer: AuditLog, pacing: Pacing, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        seen = writer.head_seq
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                appended = writer.head_seq - seen
+                try:
+                    await self._index_due(writer, pacing, appended, loop.time() + interval_s)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # keep following; auditors' queries catch up
+                    writer.release()
+                    log.warning("audit search index not updated (%s)", type(exc).__name__)
+                seen = writer.head_seq
+        finally:
+            writer.release()
+
+    async def _index_due(
+        self, writer: AuditLog, pacing: Pacing, appended: int, until: float
     ) -> None:
+        """Index what `pacing` says is due. Quiet or light load may turn busy meanwhile: look
+        again after a tick's work. Far behind, go on until back under the bound; past twice
+        the bound, appends wait until the index is back under it."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval_s)
-            try:
-                while writer.head_seq > self.indexed_through:
-                    if writer.idle_for() >= quiet_s:
-                        # Nothing indexed means nothing indexable (e.g. a hole cut into the
-                        # journal, which verify reports): wait for the next tick, do not spin.
-                        if not await self.catch_up(limit=self.chunk):
-                            break
-                    elif writer.head_seq - self.indexed_through > max_backlog:
-                        await self.catch_up(limit=self.chunk)
-                        break
-                    else:
-                        break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep following; auditors' queries catch up themselves
-                log.warning("audit search index not updated (%s)", type(exc).__name__)
+            backlog = writer.head_seq - self.indexed_through
+            if backlog > pacing.hold_above:
+                writer.hold()
+            else:
+                writer.release()
+            due = pacing.due(backlog, writer.idle_for(), appended)
+            if due <= 0 or (loop.time() > until and backlog <= pacing.max_backlog):
+                return
+            # Nothing indexed means nothing indexable (e.g. a hole cut into the journal, which
+            # verify reports): let appends go, wait for the next tick, do not spin.
+            if not await self.catch_up(limit=min(due, self.chunk)):
+                writer.release()
+                return
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """When the background indexer works: `quiet_s` without an append is quiet, at most `light`
+    appends between two checks is light load, and `max_backlog` is the most it lets heavy load
+    leave unindexed; past twice that, appends wait for it (`hold_above`)."""
+
+    quiet_s: float = 0.5
+    light: int = 50
+    max_backlog: int = 2_000
+
+    @property
+    def hold_above(self) -> int:
+        return 2 * self.max_backlog
+
+    def due(self, backlog: int, idle_s: float, appended: int) -> int:
+        """How many events to index now (0: none, leave them for a quieter moment)."""
+        if backlog <= 0:
+            return 0
+        if idle_s >= self.quiet_s or appended <= self.light:
+            return backlog
+        if backlog > self.max_backlog:
+            return backlog - self.max_backlog // 2
+        return 0
