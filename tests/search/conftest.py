@@ -52,6 +52,16 @@ class SearchWorld:
         return match_ids(bundle, typed=resource_type is None)
 
 
+def plan_stages(plan: JsonDict) -> list[tuple[str | None, str | None]]:
+    """(stage, index name) of every stage of an explain's winning plan, outermost first."""
+    stages = []
+    stage = plan["queryPlanner"]["winningPlan"]
+    while stage:
+        stages.append((stage.get("stage"), stage.get("indexName")))
+        stage = stage.get("inputStage")
+    return stages
+
+
 def parse_items(query: str) -> list[tuple[str, str]]:
     """Query string → pairs; values are taken literally (tests write them already decoded)."""
     items: list[tuple[str, str]] = []

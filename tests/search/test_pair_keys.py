@@ -20,7 +20,15 @@ from app.fhir.search.parameters import registry
 from app.fhir.search.parse import parse
 from app.fhir.search.plan import split
 from app.store.pair_keys import STATE, PairKeys
-from tests.search.conftest import BASE, LOINC, SearchWorld, match_ids, new_world, parse_items
+from tests.search.conftest import (
+    BASE,
+    LOINC,
+    SearchWorld,
+    match_ids,
+    new_world,
+    parse_items,
+    plan_stages,
+)
 
 JsonDict = dict[str, Any]
 SNOMED = "http://snomed.info/sct"
@@ -161,12 +169,7 @@ def test_no_pair_condition_without_equalities_on_both() -> None:
 async def test_the_pair_index_serves_the_search(world: SearchWorld) -> None:
     flt = {PAIR_FIELD: digest("p1", "2339-0"), "deleted": False}
     plan = await world.store.current("Observation").find(flt).explain()
-    stages = []
-    stage = plan["queryPlanner"]["winningPlan"]
-    while stage:
-        stages.append((stage.get("stage"), stage.get("indexName")))
-        stage = stage.get("inputStage")
-    assert ("IXSCAN", f"{PAIR_FIELD}+deleted+_id") in stages
+    assert ("IXSCAN", f"{PAIR_FIELD}+deleted+_id") in plan_stages(plan)
 
 
 async def test_an_older_store_is_backfilled_and_used_only_once_complete(
