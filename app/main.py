@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from app.api.errors import InternalErrorBoundary, internal_error, log_unexpected
 from app.api.http import error_response
 from app.audit.chain import audit_database_name
 from app.audit.events import AuditSource
+from app.audit.journal import HYDRATE_FIELDS, resources_of
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.context import Services
@@ -143,7 +145,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 security=security,
                 audit_store=audit_store,
                 audit_index=audit_index,
-                audit_search=SearchEngine(audit_store, cursor_secret=cursor_secret),
+                audit_search=SearchEngine(
+                    audit_store,
+                    cursor_secret=cursor_secret,
+                    hydrate=partial(resources_of, audit_database),
+                    hydrate_fields=HYDRATE_FIELDS,
+                ),
             )
             mllp = None
             if settings.mllp_port:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from app.api.access import authorize
 from app.audit.chain import EVENTS, REFUSED_MODIFIERS, SEARCH_PARAMETERS, seq_key
-from app.audit.journal import UnreadableBlock
+from app.audit.journal import HYDRATE_FIELDS, UnreadableBlock, resources_of
 from app.audit.projection import AuditIndex
 from app.context import Services
 from app.fhir.outcome import BadRequest, FhirError, Forbidden, MethodNotAllowed, NotFound
@@ -101,12 +101,16 @@ async def index_for_auditors(audit_index: AuditIndex) -> None:
     try:
         await audit_index.catch_up()
     except UnreadableBlock as exc:
-        raise FhirError(
-            f"The audit journal cannot be read ({exc}); `hestia audit verify` reports the "
-            "first damaged event",
-            status=500,
-            code="exception",
-        ) from None
+        raise journal_damage(exc) from None
+
+
+def journal_damage(exc: UnreadableBlock) -> FhirError:
+    return FhirError(
+        f"The audit journal cannot be read ({exc}); `hestia audit verify` reports the "
+        "first damaged event",
+        status=500,
+        code="exception",
+    )
 
 
 async def read_event(request: Request, event_id: str, vid: str | None = None) -> Version:
@@ -115,10 +119,15 @@ async def read_event(request: Request, event_id: str, vid: str | None = None) ->
         raise NotFound(f"AuditEvent/{event_id[:64]} is not known")
     await index_for_auditors(services.audit_index)
     doc = await services.audit_store.current(EVENTS).find_one(
-        {"_id": seq_key(int(event_id))}, {"resource": 1, "written": 1}
+        {"_id": seq_key(int(event_id))},
+        {"resource": 1, "written": 1, **dict.fromkeys(HYDRATE_FIELDS, 1)},
     )
     if doc is None:
         raise NotFound(f"AuditEvent/{event_id} is not known")
+    try:
+        await resources_of(services.audit_store.db, [doc])
+    except UnreadableBlock as exc:
+        raise journal_damage(exc) from None
     resource = {
         **doc["resource"],
         "meta": {"versionId": "1", "lastUpdated": instant(doc["written"])},

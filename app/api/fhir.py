@@ -29,6 +29,7 @@ from app.api.audit_events import (
     capability_entry,
     check_parameters,
     index_for_auditors,
+    journal_damage,
     read_event,
     refuse_in_general_search,
     refuse_write,
@@ -46,6 +47,7 @@ from app.api.http import (
     version_headers,
     write_response,
 )
+from app.audit.journal import UnreadableBlock
 from app.context import Services
 from app.fhir import capability, history, model
 from app.fhir.bundle.processor import BundleProcessor
@@ -541,14 +543,17 @@ async def _search_audit(request: Request, items: list[tuple[str, str]]) -> Respo
     check_parameters(items)
     svc = services(request)
     await index_for_auditors(svc.audit_index)
-    bundle = await svc.audit_search.search(
-        AUDIT_EVENT,
-        items,
-        base_url=base_url(request),
-        page_size=svc.settings.default_page_size,
-        max_page_size=svc.settings.max_page_size,
-        strict=True,
-    )
+    try:
+        bundle = await svc.audit_search.search(
+            AUDIT_EVENT,
+            items,
+            base_url=base_url(request),
+            page_size=svc.settings.default_page_size,
+            max_page_size=svc.settings.max_page_size,
+            strict=True,
+        )
+    except UnreadableBlock as exc:
+        raise journal_damage(exc) from None
     note_bundle(request, bundle)
     return FhirResponse(bundle, pretty=is_pretty(request))
 

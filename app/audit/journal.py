@@ -35,7 +35,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL, instant_text, millis
+from app.audit.chain import CHECKPOINTS, GENESIS, JOURNAL, digest, instant_text, millis
 from app.audit.events import JsonDict
 
 # Stored once per block, not per event.
@@ -195,11 +195,55 @@ async def journal_events(
     database: AsyncDatabase[Any], after: int = 0, *, until: int | None = None
 ) -> AsyncIterator[JsonDict]:
     """Every journaled event with after < seq (<= until, default the head), in chain order."""
+    async for _, event in located_events(database, after, until=until):
+        yield event
+
+
+async def located_events(
+    database: AsyncDatabase[Any], after: int = 0, *, until: int | None = None
+) -> AsyncIterator[tuple[JsonDict, JsonDict]]:
+    """`journal_events`, each with the block holding it."""
     async for block in blocks_after(database, after, until=until):
         for event in events_of(block):
             seq = int(event["_id"])
             if seq > after and (until is None or seq <= until):
-                yield event
+                yield block, event
+
+
+# What `resources_of` needs of a search-index document, besides its `_id`.
+HYDRATE_FIELDS = ("block", "hash")
+
+
+async def resources_of(database: AsyncDatabase[Any], documents: list[JsonDict]) -> None:
+    """Give search-index documents their AuditEvent, from the journal.
+
+    Each is read from the block the document names (one query for all of them), or, if that
+    block does not hold it, looked up by its seq; either way the journal's event must hash to
+    the document's `hash`. Raises UnreadableBlock when it is missing or does not: the journal
+    was damaged or tampered with, and an auditor must not get a silently different answer.
+    A `resource` found in a document that names its block was put there by someone else, and
+    is replaced; documents indexed before 2026-12-03 hold their resource and name no block.
+    """
+    wanted = [doc for doc in documents if "block" in doc or "resource" not in doc]
+    if not wanted:
+        return
+    found: dict[str, JsonDict] = {}
+    block_ids = sorted({str(doc["block"]) for doc in wanted if doc.get("block")})
+    if block_ids:
+        async for block in database[JOURNAL].find({"_id": {"$in": block_ids}}):
+            for held in events_of(block):
+                found[str(held["_id"])] = held
+    for doc in wanted:
+        seq_id = str(doc["_id"])
+        event = found.get(seq_id)
+        if event is None:
+            seq = int(seq_id)
+            event = await anext(aiter(journal_events(database, seq - 1, until=seq)), None)
+        if event is None or digest(event) != doc.get("hash"):
+            raise UnreadableBlock(
+                f"event {int(seq_id)} of the audit search index does not match the journal"
+            )
+        doc["resource"] = event["resource"]
 
 
 async def head_seq(database: AsyncDatabase[Any]) -> int:

@@ -34,7 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from app.audit.chain import EVENTS, indexed, seq_key
-from app.audit.journal import checkpoint_seq, journal_events
+from app.audit.journal import checkpoint_seq, located_events
 
 if TYPE_CHECKING:
     from app.audit.log import AuditLog
@@ -101,8 +101,8 @@ class AuditIndex:
         """Index up to `count` events; (indexed, True if nothing is left to index)."""
         after = await self.watermark()
         documents = [
-            indexed(event)
-            async for event in journal_events(self.database, after, until=after + count)
+            {**indexed(event), "block": block["_id"]}
+            async for block, event in located_events(self.database, after, until=after + count)
         ]
         if not documents:
             return 0, True

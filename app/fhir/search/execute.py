@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -102,11 +102,17 @@ class SearchEngine:
         cursor_secret: bytes | None = None,
         search_registry: Registry | None = None,
         pair_keys_ready: Callable[[str], bool] | None = None,
+        hydrate: Callable[[list[Doc]], Awaitable[None]] | None = None,
+        hydrate_fields: tuple[str, ...] = (),
     ) -> None:
         self.store = store
         # Whether every stored document of a type has its pair key (store/pair_keys.py); a
         # search may only use the key then (pairs.py).
         self.pair_keys_ready = pair_keys_ready or (lambda _resource_type: False)
+        # Fills in `resource` where a store keeps it elsewhere (the audit log: its journal),
+        # from the documents' `hydrate_fields`.
+        self.hydrate = hydrate
+        self.hydrate_fields = hydrate_fields
         self.registry = search_registry or registry()
         self.codec = CursorCodec(cursor_secret)
         self.known_types = model.STORABLE_TYPES
@@ -185,6 +191,8 @@ class SearchEngine:
             )
             included, include_warnings = await includer.resolve(controls.includes, page)
             warnings += include_warnings
+        if self.hydrate is not None:
+            await self.hydrate([doc for _, doc in (*page, *included)])
         path = self._path(base_url, resource_type, compartment)
         links = self._links(
             path, items, order, cursor, page, has_more, controls, total, fingerprint
@@ -409,12 +417,12 @@ class SearchEngine:
 
     # --- reading -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _projection(fields: set[str], resource: bool) -> JsonDict:
+    def _projection(self, fields: set[str], resource: bool) -> JsonDict:
         projection: JsonDict = {f: 1 for f in sorted(fields) if f != "_id"}
         if resource:
             projection["resource"] = 1
             projection["compartments"] = 1
+            projection.update(dict.fromkeys(self.hydrate_fields, 1))
         return projection or {"_id": 1}
 
     async def _select(
