@@ -221,10 +221,10 @@ async def resources_of(database: AsyncDatabase[Any], documents: list[JsonDict]) 
     block does not hold it, looked up by its seq; either way the journal's event must hash to
     the document's `hash`. Raises UnreadableBlock when it is missing or does not: the journal
     was damaged or tampered with, and an auditor must not get a silently different answer.
-    A `resource` found in a document that names its block was put there by someone else, and
-    is replaced; documents indexed before 2026-12-03 hold their resource and name no block.
+    A `resource` found in a document is ignored: documents indexed before 2026-12-03 hold one
+    and name no block (they take the slower way, by seq), and in any other it was forged.
     """
-    wanted = [doc for doc in documents if "block" in doc or "resource" not in doc]
+    wanted = list(documents)
     if not wanted:
         return
     found: dict[str, JsonDict] = {}

@@ -5,7 +5,7 @@ which needs one document per event with its search keys. Building those on the r
 would double what auditing costs every read, so they are derived from the journal afterwards:
 
 - all of the backlog when the writer of this process has been quiet for a moment, or under
-  light load (`follow`, `indexing_due`);
+  light load (`follow`, `Pacing.due`);
 - under heavy load, once the backlog passes `max_backlog` events, back down to half of it:
   bursts are indexed after they pass. Should load outrun the indexing, appends wait once the
   backlog passes twice the bound (AuditLog.hold): sustained load pays for its indexing as it
@@ -130,7 +130,7 @@ class AuditIndex:
         light: int = 50,
         max_backlog: int = 2_000,
     ) -> None:
-        """Index in the background, as `indexing_due` says, checked every `interval_s`."""
+        """Index in the background, as `Pacing.due` says, checked every `interval_s`."""
         self._task = asyncio.create_task(
             self._follow(writer, Pacing(quiet_s, light, max_backlog), interval_s),
             name="audit-index",

@@ -143,3 +143,24 @@ def test_an_event_changed_in_the_journal_is_refused_to_auditors(
     finally:
         audit[JOURNAL].update_one({"_id": block["_id"]}, {"$set": {"events": original}})
     assert victim in _search(base, auditor, pid)
+
+
+def test_documents_indexed_before_are_read_from_the_journal_too(
+    accessed: tuple[str, dict[str, str], str], audit: Any
+) -> None:
+    """Index documents written before 2026-12-03 hold the event and name no block: the
+    event is still the journal's, found by its seq, whatever the document holds."""
+    base, auditor, pid = accessed
+    victim = _search(base, auditor, pid)[1]
+    key = f"{int(victim['id']):020d}"
+    block = audit[EVENTS].find_one({"_id": key})["block"]
+    forged = {**victim, "outcome": "8" if victim["outcome"] != "8" else "0"}
+    audit[EVENTS].update_one({"_id": key}, {"$unset": {"block": ""}, "$set": {"resource": forged}})
+    try:
+        assert victim in _search(base, auditor, pid)
+        read = httpx.get(f"{base}/AuditEvent/{victim['id']}", headers=auditor).json()
+        assert read["outcome"] == victim["outcome"]
+    finally:
+        audit[EVENTS].update_one(
+            {"_id": key}, {"$set": {"block": block}, "$unset": {"resource": ""}}
+        )
