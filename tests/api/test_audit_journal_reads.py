@@ -22,8 +22,6 @@ from app.audit.journal import events_of, packed, stored_events
 from tests.api.test_audit_http import hestia, token
 from tests.conftest import RunningServer, start_hestia, stop_hestia
 
-JSON = {"Content-Type": "application/fhir+json"}
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
