@@ -15,7 +15,13 @@ from pymongo import AsyncMongoClient
 
 from app.fhir.search.compile import compile_query
 from app.fhir.search.execute import SearchEngine
-from app.fhir.search.pairs import PAIR_FIELD, accelerate, digest, pair_types
+from app.fhir.search.pairs import (
+    PAIR_FIELD,
+    accelerate,
+    digest,
+    pair_types,
+    patient_is_subject,
+)
 from app.fhir.search.parameters import registry
 from app.fhir.search.parse import parse
 from app.fhir.search.plan import split
@@ -82,6 +88,10 @@ QUERIES = [
     ("Observation", "patient=p1&code=2339-0&code=http://loinc.org|2339-0"),
     ("Observation", "patient:Patient=p1&code=2339-0"),
     ("Observation", "subject=p1&code=2339-0"),
+    ("Observation", "subject=Patient/p1&code=2339-0"),
+    ("Observation", "subject:Patient=p1&code=http://loinc.org|2339-0"),
+    ("Observation", "subject=Group/p1&code=2339-0"),
+    ("Observation", "subject=Patient/p1,Group/p1&code=2339-0"),
     ("Observation", "patient=p1&code:not=2339-0"),
     ("Observation", "patient.name=x&code=2339-0"),
     ("Observation", "patient=nobody&code=2339-0"),
@@ -146,7 +156,7 @@ async def test_the_expected_results(world: SearchWorld) -> None:
 
 def _flat(resource_type: str, query: str) -> JsonDict:
     parsed = parse(resource_type, parse_items(query), registry(), True)
-    node = accelerate(compile_query(parsed, now_ms=0))
+    node = accelerate(compile_query(parsed, now_ms=0), resource_type)
     selective = {PAIR_FIELD, "s.patient", "s.subject", "compartments", "s.identifier"}
     return split(node, tail={"deleted": False}, selective=selective).flat
 
@@ -158,6 +168,19 @@ def test_the_pair_condition_leads_the_filter_and_the_originals_stay() -> None:
     assert flat["s.patient"] == "p1"
     assert flat["s.code"] == {"$in": ["2339-0", "4548-4"]}
     assert "s.date:hi" in flat
+
+
+def test_a_subject_naming_patients_is_a_patient() -> None:
+    flat = _flat("Observation", "subject=Patient/p1&code=2339-0")
+    assert next(iter(flat)) == PAIR_FIELD
+    assert flat[PAIR_FIELD] == digest("Patient/p1", "2339-0")
+    assert flat["s.subject"] == "Patient/p1"
+    # A bare id or a Group may not be a patient.
+    assert PAIR_FIELD not in _flat("Observation", "subject=p1&code=2339-0")
+    assert PAIR_FIELD not in _flat("Observation", "subject=Patient/p1,Group/g&code=2339-0")
+    # Where `patient` is not `subject` restricted to Patients, nothing is assumed.
+    assert patient_is_subject("Observation") and patient_is_subject("Task")
+    assert not patient_is_subject("AllergyIntolerance")
 
 
 def test_no_pair_condition_without_equalities_on_both() -> None:

@@ -391,7 +391,7 @@ class SearchEngine:
 
         resolved = await resolve_subqueries({"$and": conditions}, find_values)
         if resource_type in pair_types() and self.pair_keys_ready(resource_type):
-            resolved = accelerate(resolved)
+            resolved = accelerate(resolved, resource_type)
         selective = self._selective(resource_type)
         return _TypeSearch(resource_type, query, split(resolved, tail=tail, selective=selective))
 

@@ -10,8 +10,9 @@ database time for a 4-result search driven by `patient`, about 85 documents load
 
 So a type that has both parameters also stores `s.patient+code`: one short digest for every
 (patient key, code key) pair of the resource, with a `(key, deleted, _id)` index
-(store/indexes.py). A search with equality conditions on both gets one more condition, first
-in its filter: `s.patient+code ∈ {digest(p, c) for every searched p and c}`. A document meets
+(store/indexes.py). A search with equality conditions on both (`subject=Patient/<id>` counts
+as the patient where `patient` is `subject` restricted to Patients) gets one more condition,
+first in its filter: `s.patient+code ∈ {digest(p, c) for every searched p and c}`. A document meets
 both original conditions exactly when one of its pairs is among those, so the result cannot
 change; the original conditions stay in the filter too, so a digest collision could only make
 the database load one more document, never return it.
@@ -97,9 +98,29 @@ def _single_field_conjuncts(node: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def accelerate(node: JsonDict) -> JsonDict:
+@cache
+def patient_is_subject(resource_type: str) -> bool:
+    """Whether the type's `patient` is its `subject` where that is a Patient (Observation,
+    Condition, MedicationRequest, Task's `for` …): then `subject=Patient/<id>` finds only
+    resources whose patient keys hold `Patient/<id>`."""
+    params = registry().for_type(resource_type)
+    patient, subject = params.get(PATIENT), params.get("subject")
+    if patient is None or subject is None or not subject.expression:
+        return False
+    branches = [branch.strip() for branch in (patient.expression or "").split("|")]
+    return f"{subject.expression}.where(resolve() is Patient)" in branches
+
+
+def _patient_references(values: list[str]) -> bool:
+    return all(
+        value.startswith("Patient/") and "/" not in value[len("Patient/") :] for value in values
+    )
+
+
+def accelerate(node: JsonDict, resource_type: str) -> JsonDict:
     """`node` (a resolved filter on a pair type) with the pair condition first, when it has
-    equality conditions on both `s.patient` and `s.code`; otherwise `node` itself."""
+    equality conditions on both the patient (`patient`, or `subject` naming Patients) and
+    `code`; otherwise `node` itself."""
     patients: list[str] | None = None
     codes: list[str] | None = None
     for name, condition in _single_field_conjuncts(node):
@@ -108,7 +129,12 @@ def accelerate(node: JsonDict) -> JsonDict:
             continue
         # Two conditions on one field are ANDed: either one's pairs are a superset, so the
         # first is enough (the conditions themselves stay in the filter).
-        if name == f"s.{PATIENT}" and patients is None:
+        if (name == f"s.{PATIENT}" and patients is None) or (
+            name == "s.subject"
+            and patients is None
+            and _patient_references(values)
+            and patient_is_subject(resource_type)
+        ):
             patients = values
         elif name == f"s.{CODE}" and codes is None:
             codes = values
