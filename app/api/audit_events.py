@@ -120,7 +120,7 @@ async def read_event(request: Request, event_id: str, vid: str | None = None) ->
     await index_for_auditors(services.audit_index)
     doc = await services.audit_store.current(EVENTS).find_one(
         {"_id": seq_key(int(event_id))},
-        {"resource": 1, "written": 1, **dict.fromkeys(HYDRATE_FIELDS, 1)},
+        {"written": 1, **dict.fromkeys(HYDRATE_FIELDS, 1)},  # the event is the journal's
     )
     if doc is None:
         raise NotFound(f"AuditEvent/{event_id} is not known")

@@ -165,9 +165,9 @@ def derived_fields(event: JsonDict) -> JsonDict:
     }
 
 
-def indexed(event: JsonDict) -> JsonDict:
-    """The search-index document of a chained event: everything but the resource, plus the
-    derived fields (the indexer adds `block`)."""
+def indexed(event: JsonDict, block: str) -> JsonDict:
+    """The search-index document of a chained event held by journal block `block`:
+    everything but the resource, plus the derived fields."""
     document = {k: v for k, v in event.items() if k != "resource"}
-    document.update(derived_fields(event))
+    document.update(derived_fields(event), block=block)
     return document

@@ -224,16 +224,13 @@ async def resources_of(database: AsyncDatabase[Any], documents: list[JsonDict]) 
     A `resource` found in a document is ignored: documents indexed before 2026-12-03 hold one
     and name no block (they take the slower way, by seq), and in any other it was forged.
     """
-    wanted = list(documents)
-    if not wanted:
-        return
     found: dict[str, JsonDict] = {}
-    block_ids = sorted({str(doc["block"]) for doc in wanted if doc.get("block")})
+    block_ids = sorted({str(doc["block"]) for doc in documents if doc.get("block")})
     if block_ids:
         async for block in database[JOURNAL].find({"_id": {"$in": block_ids}}):
             for held in events_of(block):
                 found[str(held["_id"])] = held
-    for doc in wanted:
+    for doc in documents:
         seq_id = str(doc["_id"])
         event = found.get(seq_id)
         if event is None:

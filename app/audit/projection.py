@@ -101,7 +101,7 @@ class AuditIndex:
         """Index up to `count` events; (indexed, True if nothing is left to index)."""
         after = await self.watermark()
         documents = [
-            {**indexed(event), "block": block["_id"]}
+            indexed(event, block["_id"])
             async for block, event in located_events(self.database, after, until=after + count)
         ]
         if not documents:

@@ -15,16 +15,10 @@ from pymongo import AsyncMongoClient
 
 from app.fhir.search.compile import compile_query
 from app.fhir.search.execute import SearchEngine
-from app.fhir.search.pairs import (
-    PAIR_FIELD,
-    accelerate,
-    digest,
-    pair_types,
-    patient_is_subject,
-)
+from app.fhir.search.pairs import PAIR_FIELD, digest, pair_types, patient_is_subject
 from app.fhir.search.parameters import registry
 from app.fhir.search.parse import parse
-from app.fhir.search.plan import split
+from app.fhir.search.plan import split, with_pair_condition
 from app.store.pair_keys import STATE, PairKeys
 from tests.search.conftest import (
     BASE,
@@ -156,7 +150,7 @@ async def test_the_expected_results(world: SearchWorld) -> None:
 
 def _flat(resource_type: str, query: str) -> JsonDict:
     parsed = parse(resource_type, parse_items(query), registry(), True)
-    node = accelerate(compile_query(parsed, now_ms=0), resource_type)
+    node = with_pair_condition(compile_query(parsed, now_ms=0), resource_type)
     selective = {PAIR_FIELD, "s.patient", "s.subject", "compartments", "s.identifier"}
     return split(node, tail={"deleted": False}, selective=selective).flat
 
@@ -212,6 +206,9 @@ async def test_an_older_store_is_backfilled_and_used_only_once_complete(
     engine = SearchEngine(world.store, cursor_secret=b"k", pair_keys_ready=opened.ready)
     # Not complete: the search does not rely on the missing keys.
     assert await _ids(engine, "Observation", "patient=p1&code=2339-0") == ["o1", "o2", "o6"]
+    # An engine told they are complete does, and finds nothing: searches really read the key.
+    trusting = SearchEngine(world.store, cursor_secret=b"k", pair_keys_ready=lambda _: True)
+    assert await _ids(trusting, "Observation", "patient=p1&code=2339-0") == []
 
     backfill = PairKeys(world.store)
     await backfill.open(["Patient", "Group", "Observation", "Condition"])

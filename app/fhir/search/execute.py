@@ -45,10 +45,10 @@ from app.fhir.search.compile import (
 from app.fhir.search.include import Includer, IncludeSpec, forward_fields, parse_includes
 from app.fhir.search.key_windows import walk_key_windows
 from app.fhir.search.paging import CURSOR_PARAM, Cursor, CursorCodec, query_id
-from app.fhir.search.pairs import PAIR_FIELD, accelerate, pair_types
+from app.fhir.search.pairs import PAIR_FIELD, pair_types
 from app.fhir.search.parameters import Registry, registry
 from app.fhir.search.parse import RESULT_PARAMETERS, SearchQuery, parse
-from app.fhir.search.plan import SortOrder, Split, field_values, split
+from app.fhir.search.plan import SortOrder, Split, field_values, split, with_pair_condition
 from app.fhir.search.windows import WidthHints, read_windows
 from app.store.indexes import keyset_fields
 from app.store.versions import Store, instant, now_utc
@@ -391,7 +391,7 @@ class SearchEngine:
 
         resolved = await resolve_subqueries({"$and": conditions}, find_values)
         if resource_type in pair_types() and self.pair_keys_ready(resource_type):
-            resolved = accelerate(resolved, resource_type)
+            resolved = with_pair_condition(resolved, resource_type)
         selective = self._selective(resource_type)
         return _TypeSearch(resource_type, query, split(resolved, tail=tail, selective=selective))
 

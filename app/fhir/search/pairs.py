@@ -17,8 +17,9 @@ both original conditions exactly when one of its pairs is among those, so the re
 change; the original conditions stay in the filter too, so a digest collision could only make
 the database load one more document, never return it.
 
-Documents stored before the pair keys existed do not have them, so a search uses them only
-once store/pair_keys.py reports the type's backfill complete.
+The keys are made here; plan.with_pair_condition adds the condition to a search. Documents
+stored before the pair keys existed do not have them, so a search uses them only once
+store/pair_keys.py reports the type's backfill complete.
 """
 
 from __future__ import annotations
@@ -35,9 +36,6 @@ JsonDict = dict[str, Any]
 PATIENT, CODE = "patient", "code"
 PAIR_KEY = f"{PATIENT}+{CODE}"
 PAIR_FIELD = f"s.{PAIR_KEY}"
-# A search naming more patients and codes than this (a long chain's result, say) reads the
-# patient or code index as before: the pair list would cost more to send than it saves.
-MAX_SEARCH_PAIRS = 256
 
 
 def digest(patient_key: str, code_key: str) -> str:
@@ -74,30 +72,6 @@ def pair_values(keys: JsonDict) -> list[str]:
     return list(dict.fromkeys(digest(p, c) for p in patients for c in codes))
 
 
-def _equal_strings(condition: Any) -> list[str] | None:
-    if isinstance(condition, str):
-        return [condition]
-    if isinstance(condition, dict) and set(condition) == {"$in"}:
-        values = condition["$in"]
-        if all(isinstance(v, str) for v in values):
-            return list(values)
-    return None
-
-
-def _single_field_conjuncts(node: Any) -> list[tuple[str, Any]]:
-    """The `field: condition` parts that `node` ANDs (through nested `$and`s)."""
-    if not isinstance(node, dict):
-        return []
-    found: list[tuple[str, Any]] = []
-    for name, condition in node.items():
-        if name == "$and" and isinstance(condition, list):
-            for part in condition:
-                found += _single_field_conjuncts(part)
-        elif not name.startswith("$"):
-            found.append((name, condition))
-    return found
-
-
 @cache
 def patient_is_subject(resource_type: str) -> bool:
     """Whether the type's `patient` is its `subject` where that is a Patient (Observation,
@@ -109,37 +83,3 @@ def patient_is_subject(resource_type: str) -> bool:
         return False
     branches = [branch.strip() for branch in (patient.expression or "").split("|")]
     return f"{subject.expression}.where(resolve() is Patient)" in branches
-
-
-def _patient_references(values: list[str]) -> bool:
-    return all(
-        value.startswith("Patient/") and "/" not in value[len("Patient/") :] for value in values
-    )
-
-
-def accelerate(node: JsonDict, resource_type: str) -> JsonDict:
-    """`node` (a resolved filter on a pair type) with the pair condition first, when it has
-    equality conditions on both the patient (`patient`, or `subject` naming Patients) and
-    `code`; otherwise `node` itself."""
-    patients: list[str] | None = None
-    codes: list[str] | None = None
-    for name, condition in _single_field_conjuncts(node):
-        values = _equal_strings(condition)
-        if values is None:
-            continue
-        # Two conditions on one field are ANDed: either one's pairs are a superset, so the
-        # first is enough (the conditions themselves stay in the filter).
-        if (name == f"s.{PATIENT}" and patients is None) or (
-            name == "s.subject"
-            and patients is None
-            and _patient_references(values)
-            and patient_is_subject(resource_type)
-        ):
-            patients = values
-        elif name == f"s.{CODE}" and codes is None:
-            codes = values
-    if not patients or not codes or len(patients) * len(codes) > MAX_SEARCH_PAIRS:
-        return node
-    wanted = sorted({digest(p, c) for p in patients for c in codes})
-    pair_condition: Any = wanted[0] if len(wanted) == 1 else {"$in": wanted}
-    return {"$and": [{PAIR_FIELD: pair_condition}, node]}

@@ -19,6 +19,7 @@ from functools import total_ordering
 from typing import Any
 
 from app.fhir.search.compile import needs_recheck, recheck
+from app.fhir.search.pairs import CODE, PAIR_FIELD, PATIENT, digest, patient_is_subject
 
 JsonDict = dict[str, Any]
 
@@ -71,6 +72,50 @@ def simplify(node: JsonDict) -> JsonDict:
         unique = list(dict.fromkeys(values))
         return {name: unique[0] if len(unique) == 1 else {"$in": unique}}
     return node
+
+
+# A search naming more patients and codes than this (a long chain's result, say) reads the
+# patient or code index as before: the pair list would cost more to send than it saves.
+MAX_SEARCH_PAIRS = 256
+
+
+def _patient_references(values: list[Any]) -> bool:
+    return all(
+        isinstance(v, str) and v.startswith("Patient/") and "/" not in v[len("Patient/") :]
+        for v in values
+    )
+
+
+def with_pair_condition(node: Any, resource_type: str) -> Any:
+    """`node` (a resolved filter on a type with pair keys, pairs.py) with the pair condition
+    first, when it has equality conditions on both the patient (`patient`, or `subject` naming
+    Patients) and `code`; otherwise `node` itself. The original conditions stay."""
+    patients: list[Any] | None = None
+    codes: list[Any] | None = None
+    for part in conjuncts(node):
+        if len(part) != 1:
+            continue
+        ((name, condition),) = part.items()
+        values = _equalities(condition)
+        if not values or not all(isinstance(v, str) for v in values):
+            continue
+        # Two conditions on one field are ANDed: either one's pairs are a superset, so the
+        # first is enough.
+        if patients is None and (
+            name == f"s.{PATIENT}"
+            or (
+                name == "s.subject"
+                and _patient_references(values)
+                and patient_is_subject(resource_type)
+            )
+        ):
+            patients = values
+        elif name == f"s.{CODE}" and codes is None:
+            codes = values
+    if not patients or not codes or len(patients) * len(codes) > MAX_SEARCH_PAIRS:
+        return node
+    wanted = sorted({digest(p, c) for p in patients for c in codes})
+    return {"$and": [{PAIR_FIELD: wanted[0] if len(wanted) == 1 else {"$in": wanted}}, node]}
 
 
 def _merge(name: str, existing: Any, new: Any) -> Any | None:
