@@ -290,7 +290,9 @@ class RevocationList:
         if live:
             self._reload = asyncio.get_running_loop().create_task(self._load())
 
-    def on_change(self, collection: str, operation: str, key: Any) -> None:
+    def on_change(
+        self, collection: str, operation: str, key: Any, document: dict[str, Any] | None
+    ) -> None:
         if collection != REVOKED or key is None:
             return
         if operation == "delete":

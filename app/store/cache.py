@@ -55,7 +55,7 @@ class CurrentCache:
         self._floor = self._epoch
         self._feed_live = live
 
-    def on_change(self, collection: str, operation: str, key: Any) -> None:
+    def on_change(self, collection: str, operation: str, key: Any, document: Doc | None) -> None:
         if collection in NOT_CURRENT:
             return
         if key is None:

@@ -30,9 +30,10 @@ Doc = dict[str, Any]
 
 
 class Subscriber(Protocol):
-    def on_change(self, collection: str, operation: str, key: Any) -> None:
+    def on_change(self, collection: str, operation: str, key: Any, document: Doc | None) -> None:
         """A committed change to `collection`'s document `key` (None for whole-collection
-        events such as drop)."""
+        events such as drop); `document` is the document as written, for inserts and
+        replacements (the stream carries it for those at no extra cost), else None."""
 
     def on_live(self, live: bool) -> None:
         """The stream started (True) or stopped (False): a stopped stream means changes may
@@ -54,6 +55,7 @@ class ChangeFeed:
 
     async def start(self, wait_seconds: float = 5.0) -> bool:
         """Open the stream; True once it runs (False: subscribers use the database)."""
+        self._opened.clear()  # a feed stopped earlier may be started again
         self._task = asyncio.create_task(self._follow(), name="hestia-change-feed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._opened.wait(), wait_seconds)
@@ -109,5 +111,6 @@ class ChangeFeed:
         if not collection:
             return
         key = (change.get("documentKey") or {}).get("_id")
+        document = change.get("fullDocument") if operation in ("insert", "replace") else None
         for subscriber in self._subscribers:
-            subscriber.on_change(str(collection), operation, key)
+            subscriber.on_change(str(collection), operation, key, document)

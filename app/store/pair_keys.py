@@ -14,10 +14,17 @@ a type only once this module reports the type complete:
 - completion is recorded in `search_key_state`, so the next start-up, and every other instance
   started after it, skips the backfill.
 
-During a rolling upgrade from a version without pair keys, an old instance still running
-after the backfill writes documents without the key. Stop the old instances before the first
-new one starts, or afterwards delete the `search_key_state` documents: the next start-up then
-backfills whatever still lacks the key.
+An instance of an older version still running during a rolling upgrade writes documents
+without the key, after the backfill. A server follows the change feed for them (`follow`): a
+document of a pair type written without its key, while it has both a patient and a code, makes
+that type not complete again, here at once and in the record for later start-ups, and starts
+another backfill. Searches meanwhile read the patient or code index. The feed is also what
+tells this instance about such writes at all, so while it is down, nothing is trusted, and when
+it comes back, each type is checked again by a backfill pass (one read of the documents lacking
+the key) before its key is used. What remains is the feed's delay: a search sent to this
+instance within tens of milliseconds of an older instance's write can miss that write, as its
+read cache can; and a write made between this instance's start-up reading the record and its
+feed starting (well under a second) is caught only by another instance's feed.
 """
 
 from __future__ import annotations
@@ -43,27 +50,38 @@ RETRY_AFTER_S = 5.0
 
 
 class PairKeys:
-    """Open with `open()`; `ready(type)` says whether searches on that type may use the key."""
+    """Open with `open()`; `ready(type)` says whether searches on that type may use the key.
+
+    A server also passes itself to the change feed with `follow()` (see the module doc);
+    without that, completion once recorded is trusted (one process, as in tests).
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._types: frozenset[str] = frozenset()
         self._complete: set[str] = set()
+        # Types written without the key since the last check: recorded as not complete.
+        self._stale: set[str] = set()
+        # Types to backfill (again), and the one task that does.
+        self._due: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._follows = False
+        self._live = False
+        # The feed ran, then stopped: what was written meanwhile is unknown.
+        self._was_live = False
+        self._lost_feed = False
         self.backfilled = 0
+        self.stale_writes = 0
 
     def ready(self, resource_type: str) -> bool:
-        return resource_type in self._complete
+        return resource_type in self._complete and (self._live or not self._follows)
 
     async def open(self, resource_types: Iterable[str], *, backfill: bool = True) -> None:
         """Learn which types are complete; with `backfill`, complete the others in the
         background (`wait()` awaits it)."""
-        state = self.store.db[STATE]
-        recorded = {
-            str(doc["_id"])
-            async for doc in state.find({"key": PAIR_KEY, "complete": True}, {"_id": 1})
-        }
-        pending: list[str] = []
-        for resource_type in sorted(set(resource_types) & pair_types()):
+        self._types = frozenset(set(resource_types) & pair_types())
+        recorded = await self._recorded_complete()
+        for resource_type in sorted(self._types):
             if resource_type in recorded:
                 self._complete.add(resource_type)
                 continue
@@ -73,12 +91,18 @@ class PairKeys:
             if await collection.estimated_document_count() == 0:
                 await self._record(resource_type)
             else:
-                pending.append(resource_type)
-        if pending and backfill:
-            self._task = asyncio.create_task(self._backfill(pending), name="hestia-pair-keys")
+                self._due.add(resource_type)
+        if backfill:
+            self._start_backfill()
+
+    def follow(self) -> None:
+        """Trust completion only while the change feed runs: call before subscribing this to
+        the feed (ChangeFeed.subscribe), which then reports older instances' writes."""
+        self._follows = True
 
     async def wait(self) -> None:
-        if self._task is not None:
+        """Until nothing is left to backfill."""
+        while self._task is not None and not self._task.done():
             await self._task
 
     async def close(self) -> None:
@@ -86,6 +110,60 @@ class PairKeys:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    # -- change feed subscriber ---------------------------------------------------------------
+
+    def on_live(self, live: bool) -> None:
+        self._live = live
+        if not live:
+            self._lost_feed = self._lost_feed or self._was_live
+            return
+        self._was_live = True
+        if self._lost_feed and self._follows:
+            # Writes made while the feed was down went unseen: each complete type is checked
+            # again by a backfill pass (which also fills in what an older instance wrote)
+            # before its key is used.
+            self._lost_feed = False
+            self._due |= self._complete
+            self._complete.clear()
+            self._start_backfill()
+
+    def on_change(
+        self, collection: str, operation: str, key: Any, document: dict[str, Any] | None
+    ) -> None:
+        if collection not in self._types or document is None:
+            return
+        keys = document.get("s")
+        if not isinstance(keys, dict) or PAIR_KEY in keys or not pair_values(keys):
+            return
+        # Written by code that does not store the key: an older instance is running.
+        self.stale_writes += 1
+        if collection in self._complete or collection not in self._due:
+            log.warning(
+                "%s written without its pair key (an older Hestia is writing): searches on it"
+                " read the patient or code index until the backfill completes",
+                collection,
+            )
+        self._complete.discard(collection)
+        self._due.add(collection)
+        self._start_backfill(stale=collection)
+
+    # -- the backfill ---------------------------------------------------------------------------
+
+    def _start_backfill(self, stale: str | None = None) -> None:
+        if stale is not None:
+            self._stale.add(stale)
+        if self._due and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(
+                self._backfill(), name="hestia-pair-keys"
+            )
+
+    async def _recorded_complete(self) -> set[str]:
+        state = self.store.db[STATE]
+        return {
+            str(doc["_id"])
+            async for doc in state.find({"key": PAIR_KEY, "complete": True}, {"_id": 1})
+        }
 
     async def _record(self, resource_type: str) -> None:
         await self.store.db[STATE].update_one(
@@ -95,25 +173,39 @@ class PairKeys:
         )
         self._complete.add(resource_type)
 
-    async def _backfill(self, resource_types: list[str]) -> None:
-        for resource_type in resource_types:
-            while True:
-                try:
-                    started = time.monotonic()
-                    count = await self._backfill_type(resource_type)
-                    await self._record(resource_type)
-                    log.info(
-                        "pair keys of %s complete: %d documents in %.1f s",
-                        resource_type,
-                        count,
-                        time.monotonic() - started,
-                    )
-                    break
-                except PyMongoError as error:
-                    # The database is busy or briefly away: the work done is kept (each batch
-                    # is its own write), so resume later from the first document still lacking.
-                    log.warning("pair key backfill of %s paused: %s", resource_type, error)
-                    await asyncio.sleep(RETRY_AFTER_S)
+    async def _record_stale(self, resource_type: str) -> None:
+        """So that no instance starting from now trusts the record until it is complete again."""
+        await self.store.db[STATE].update_one(
+            {"_id": resource_type},
+            {"$set": {"key": PAIR_KEY, "complete": False}, "$inc": {"stale_writes": 1}},
+            upsert=True,
+        )
+
+    async def _backfill(self) -> None:
+        while self._due:
+            resource_type = min(self._due)
+            try:
+                started = time.monotonic()
+                if resource_type in self._stale:
+                    self._stale.discard(resource_type)
+                    await self._record_stale(resource_type)
+                self._due.discard(resource_type)
+                count = await self._backfill_type(resource_type)
+                if resource_type in self._due or resource_type in self._stale:
+                    continue  # written without the key again meanwhile: once more
+                await self._record(resource_type)
+                log.info(
+                    "pair keys of %s complete: %d documents in %.1f s",
+                    resource_type,
+                    count,
+                    time.monotonic() - started,
+                )
+            except PyMongoError as error:
+                # The database is busy or briefly away: the work done is kept (each batch
+                # is its own write), so resume later from the first document still lacking.
+                self._due.add(resource_type)
+                log.warning("pair key backfill of %s paused: %s", resource_type, error)
+                await asyncio.sleep(RETRY_AFTER_S)
 
     async def _backfill_type(self, resource_type: str) -> int:
         """One pass over the type's documents that lack the key. One cursor: MongoDB streams it

@@ -82,7 +82,9 @@ class WriteClock:
 
     # Change feed subscriber: a version written elsewhere lands in `history` as `Type/id/vid`.
 
-    def on_change(self, collection: str, operation: str, key: Any) -> None:
+    def on_change(
+        self, collection: str, operation: str, key: Any, document: dict[str, Any] | None
+    ) -> None:
         if collection == "history" and operation == "insert" and isinstance(key, str):
             self.note(key.split("/", 1)[0], datetime.now(UTC))
 

@@ -8,6 +8,8 @@ index; and a store written before they existed must get them by the backfill
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from app.fhir.search.pairs import PAIR_FIELD, digest, pair_types, patient_is_sub
 from app.fhir.search.parameters import registry
 from app.fhir.search.parse import parse
 from app.fhir.search.plan import split, with_pair_condition
+from app.store.changes import ChangeFeed
 from app.store.pair_keys import STATE, PairKeys
 from tests.search.conftest import (
     BASE,
@@ -229,3 +232,103 @@ async def test_an_older_store_is_backfilled_and_used_only_once_complete(
     again = PairKeys(world.store)
     await again.open(["Observation", "Condition"])
     assert again.ready("Observation") and again._task is None
+
+
+# -- an older instance writing during a rolling upgrade ----------------------------------------
+
+
+async def _following(
+    mongo: AsyncMongoClient[JsonDict],
+) -> tuple[SearchWorld, PairKeys, ChangeFeed]:
+    """A store whose Observations all have their keys, and a server's PairKeys on its feed."""
+    world = await new_world(mongo, ["Patient", "Group", "Observation", "Condition"])
+    for resource in RESOURCES:
+        await world.put(resource)
+    keys = PairKeys(world.store)
+    await keys.open(["Patient", "Group", "Observation", "Condition"])
+    await keys.wait()
+    keys.follow()
+    feed = ChangeFeed(world.store.db, idle_pause=0.01)
+    feed.subscribe(keys)
+    assert not keys.ready("Observation")  # the feed is not running yet
+    assert await feed.start()
+    assert keys.ready("Observation") and keys.ready("Condition")
+    return world, keys, feed
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_older_instances_write_stops_the_keys_use_until_backfilled(
+    mongo: AsyncMongoClient[JsonDict],
+) -> None:
+    world, keys, feed = await _following(mongo)
+    try:
+        # What an instance without pair keys writes: the document of a new Observation of p1
+        # with code 2339-0, everything but the key.
+        written = await world.put(_obs("o-old", "Patient/p1", [_loinc("2339-0")], "2024-01-01"))
+        current = world.store.current("Observation")
+        document = await current.find_one({"_id": written["id"]})
+        assert document is not None
+        await current.delete_one({"_id": written["id"]})
+        as_new_code_writes_it = document["s"].pop("patient+code")
+        await current.insert_one(document)
+
+        await _until(lambda: keys.stale_writes == 1)
+        await keys.wait()
+        assert keys.ready("Observation") and keys.ready("Condition")
+        stored = await current.find_one({"_id": "o-old"}, {PAIR_FIELD: 1})
+        assert stored is not None and stored["s"]["patient+code"] == as_new_code_writes_it
+        engine = SearchEngine(world.store, cursor_secret=b"k", pair_keys_ready=keys.ready)
+        found = await _ids(engine, "Observation", "patient=p1&code=2339-0")
+        assert found == ["o-old", "o1", "o2", "o6"]
+        # The record said "not complete" meanwhile, for instances starting then.
+        state = await world.store.db[STATE].find_one({"_id": "Observation"})
+        assert state is not None and state["stale_writes"] == 1 and state["complete"] is True
+    finally:
+        await feed.stop()
+
+
+async def test_a_write_without_the_key_is_not_trusted_from_the_moment_it_is_seen(
+    mongo: AsyncMongoClient[JsonDict],
+) -> None:
+    world, keys, feed = await _following(mongo)
+    try:
+        older = {"_id": "x", "s": {"patient": ["Patient/p9"], "code": [f"{LOINC}|1-8"]}}
+        keys.on_change("Observation", "insert", "x", older)
+        # At once, before the backfill has run: the search reads the patient or code index.
+        assert not keys.ready("Observation") and keys.ready("Condition")
+        await keys.wait()
+        assert keys.ready("Observation")
+        # Written with the key, or with nothing to pair, or of another type: nothing to do.
+        newer = {"_id": "y", "s": {**older["s"], "patient+code": ["d"]}}
+        keys.on_change("Observation", "replace", "y", newer)
+        keys.on_change("Observation", "insert", "z", {"_id": "z", "s": {"code": ["c"]}})
+        keys.on_change("Patient", "insert", "p", {"_id": "p", "s": older["s"]})
+        assert keys.ready("Observation") and keys.stale_writes == 1
+    finally:
+        await feed.stop()
+
+
+async def test_the_keys_are_not_trusted_while_the_feed_is_down(
+    mongo: AsyncMongoClient[JsonDict],
+) -> None:
+    world, keys, feed = await _following(mongo)
+    try:
+        await feed.stop()
+        assert not keys.ready("Observation")
+        # Written while nobody was watching: found by the check that follows the feed's return.
+        current = world.store.current("Observation")
+        before = await current.find_one({"_id": "o1"}, {PAIR_FIELD: 1})
+        await current.update_one({"_id": "o1"}, {"$unset": {PAIR_FIELD: ""}})
+        assert await feed.start()
+        assert not keys.ready("Observation")
+        await keys.wait()
+        assert keys.ready("Observation") and keys.backfilled == 1
+        assert await current.find_one({"_id": "o1"}, {PAIR_FIELD: 1}) == before
+    finally:
+        await feed.stop()

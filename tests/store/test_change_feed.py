@@ -37,7 +37,7 @@ class Seen:
     def __init__(self) -> None:
         self.keys: list[Any] = []
 
-    def on_change(self, collection: str, operation: str, key: Any) -> None:
+    def on_change(self, collection: str, operation: str, key: Any, document: Doc | None) -> None:
         self.keys.append(key)
 
     def on_live(self, live: bool) -> None:
