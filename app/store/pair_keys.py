@@ -45,6 +45,14 @@ from app.store.versions import Store
 log = logging.getLogger("hestia.store.pair_keys")
 
 STATE = "search_key_state"
+# Documents that lack the key and should have it. Missing is `None` to the query, an equality
+# the pair index serves (it holds missing keys as null): so a pass with nothing to fill reads
+# next to nothing (0.02 s on 90,000 Observations), where `$exists: false` read them all (26 s).
+LACKING_THE_KEY = {
+    PAIR_FIELD: None,
+    f"s.{PATIENT}": {"$exists": True},
+    f"s.{CODE}": {"$exists": True},
+}
 BATCH = 500
 RETRY_AFTER_S = 5.0
 
@@ -208,19 +216,13 @@ class PairKeys:
                 await asyncio.sleep(RETRY_AFTER_S)
 
     async def _backfill_type(self, resource_type: str) -> int:
-        """One pass over the type's documents that lack the key. One cursor: MongoDB streams it
-        from the `_id` index; the embedded server gathers the matches once (a scan of the
-        collection) and hands them out a batch at a time."""
+        """One pass over the type's documents that lack the key, found through the pair index,
+        in one cursor the server hands out a batch at a time."""
         collection = self.store.current(resource_type)
-        wanted = {
-            PAIR_FIELD: {"$exists": False},
-            f"s.{PATIENT}": {"$exists": True},
-            f"s.{CODE}": {"$exists": True},
-        }
         projection = {f"s.{PATIENT}": 1, f"s.{CODE}": 1, "vid": 1}
         done = 0
         updates: list[UpdateOne] = []
-        cursor = collection.find(wanted, projection, batch_size=BATCH).sort("_id", 1)
+        cursor = collection.find(LACKING_THE_KEY, projection, batch_size=BATCH).sort("_id", 1)
         async for doc in cursor:
             pairs = pair_values(doc.get("s") or {})
             if pairs:

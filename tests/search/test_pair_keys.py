@@ -22,7 +22,7 @@ from app.fhir.search.parameters import registry
 from app.fhir.search.parse import parse
 from app.fhir.search.plan import split, with_pair_condition
 from app.store.changes import ChangeFeed
-from app.store.pair_keys import STATE, PairKeys
+from app.store.pair_keys import LACKING_THE_KEY, STATE, PairKeys
 from tests.search.conftest import (
     BASE,
     LOINC,
@@ -296,7 +296,7 @@ async def test_an_older_instances_write_stops_the_keys_use_until_backfilled(
 async def test_a_write_without_the_key_is_not_trusted_from_the_moment_it_is_seen(
     mongo: AsyncMongoClient[JsonDict],
 ) -> None:
-    world, keys, feed = await _following(mongo)
+    _, keys, feed = await _following(mongo)
     try:
         older = {"_id": "x", "s": {"patient": ["Patient/p9"], "code": [f"{LOINC}|1-8"]}}
         keys.on_change("Observation", "insert", "x", older)
@@ -321,6 +321,13 @@ async def test_the_keys_are_not_trusted_while_the_feed_is_down(
     try:
         await feed.stop()
         assert not keys.ready("Observation")
+        # The check reads only what lacks the key, through the pair index. The embedded
+        # server drives a filter by the index of its first indexed field (its explain of the
+        # whole filter says COLLSCAN): that field is the key, and the index serves it alone.
+        assert next(iter(LACKING_THE_KEY)) == PAIR_FIELD
+        leading = {PAIR_FIELD: LACKING_THE_KEY[PAIR_FIELD]}
+        plan = await world.store.current("Observation").find(leading).explain()
+        assert ("IXSCAN", f"{PAIR_FIELD}+deleted+_id") in plan_stages(plan)
         # Written while nobody was watching: found by the check that follows the feed's return.
         current = world.store.current("Observation")
         before = await current.find_one({"_id": "o1"}, {PAIR_FIELD: 1})
