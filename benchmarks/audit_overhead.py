@@ -39,9 +39,14 @@ from app.audit.chain import audit_database_name
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.log import AuditLog, AuditUnavailable
 from app.store.client import EmbeddedServer, free_port
-from benchmarks.harness import describe, percentile, running_hestia, wait_until_up
+from benchmarks.harness import describe, percentile, process_cpu, running_hestia, wait_until_up
 from benchmarks.load_resources import load
-from benchmarks.read_latency import _load_process, read_every_id_once, wrk_phase
+from benchmarks.read_latency import (
+    WRK_WARM_UP_S,
+    _load_process,
+    read_every_id_once,
+    wrk_phase,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,15 +182,33 @@ def drain_audit_index(base: str) -> float:
     return time.perf_counter() - started
 
 
-def compare_wrk(bases: dict[str, str], ids: list[str], args: argparse.Namespace) -> None:
+def compare_wrk(
+    bases: dict[str, str],
+    ids: list[str],
+    args: argparse.Namespace,
+    pids: dict[str, int],
+    database_pid: int | None,
+) -> None:
     """Alternating wrk phases; wrk needs far less CPU than the Python loader, so the servers,
     not the load generator, set the pace (see benchmarks/read_latency.py)."""
     runs: dict[str, list[tuple[float, float, float]]] = {"off": [], "on": []}
+    cpu: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     drains: list[float] = []
     drain_audit_index(bases["on"])
     for _ in range(args.rounds):
         for mode in ("off", "on"):
+            server_before = process_cpu(pids[mode])
+            database_before = process_cpu(database_pid) if database_pid else 0.0
             runs[mode].append(wrk_phase(bases[mode], ids, args.clients, args.seconds))
+            # wrk_phase warms up for a second first, at about the same rate.
+            reads = runs[mode][-1][0] * (args.seconds + WRK_WARM_UP_S)
+            database_after = process_cpu(database_pid) if database_pid else 0.0
+            cpu[mode].append(
+                (
+                    (process_cpu(pids[mode]) - server_before) / reads * 1000,
+                    (database_after - database_before) / reads * 1000,
+                )
+            )
             if mode == "on":
                 drains.append(drain_audit_index(bases["on"]))
     for mode in ("off", "on"):
@@ -201,6 +224,20 @@ def compare_wrk(bases: dict[str, str], ids: list[str], args: argparse.Namespace)
     on_rates = [rate for rate, _, _ in runs["on"]]
     report_cost(off_rates, on_rates)
     report_deferred(off_rates, on_rates, drains, args.seconds)
+    if database_pid:
+        report_cpu(cpu)
+
+
+def report_cpu(cpu: dict[str, list[tuple[float, float]]]) -> None:
+    """Where each read's CPU went (ms of CPU per read, median of the rounds): the server is one
+    process on one core, so its share is what bounds its throughput; the database, wrk and the
+    audit indexing of other phases share the second core."""
+    parts = []
+    for mode in ("off", "on"):
+        server = statistics.median(s for s, _ in cpu[mode])
+        database = statistics.median(d for _, d in cpu[mode])
+        parts.append(f"audit {mode}: server {server:.3f} ms, database {database:.3f} ms")
+    print("  CPU per read (median of rounds): " + "; ".join(parts))
 
 
 def report_deferred(
@@ -363,13 +400,13 @@ def main() -> None:
             embedded = EmbeddedServer.start(str(Path(tmp) / "db"))
             uri = embedded.uri
         try:
-            run(args, uri)
+            run(args, uri, embedded.process.pid if embedded is not None else None)
         finally:
             if embedded is not None:
                 embedded.stop()
 
 
-def run(args: argparse.Namespace, uri: str) -> None:
+def run(args: argparse.Namespace, uri: str, database_pid: int | None = None) -> None:
     for writers, window, logs in (
         (1, 0.0, 1),
         (16, 0.0, 1),
@@ -389,16 +426,21 @@ def run(args: argparse.Namespace, uri: str) -> None:
             compare({"off": off, "on": on}, ids, args)
         return
     # The real server, twice on one database: audit off and audit on.
+    pids: dict[str, int] = {}
     with (
-        running_hestia(mongodb_uri=uri, audit=False) as off,
-        running_hestia(mongodb_uri=uri, audit=True) as on,
+        running_hestia(
+            mongodb_uri=uri, audit=False, on_start=lambda p: pids.__setitem__("off", p.pid)
+        ) as off,
+        running_hestia(
+            mongodb_uri=uri, audit=True, on_start=lambda p: pids.__setitem__("on", p.pid)
+        ) as on,
     ):
         bases = {"off": off, "on": on}
         ids = asyncio.run(load(off, args.count, 8))
         for base in bases.values():  # both start from a warm read cache
             read_every_id_once(base, ids)
         if args.loader == "wrk":
-            compare_wrk(bases, ids, args)
+            compare_wrk(bases, ids, args, pids, database_pid)
         else:
             compare(bases, ids, args, indexed=True)
 

@@ -106,6 +106,8 @@ request = function()
   return wrk.format("GET", prefix .. ids[math.random(#ids)])
 end
 """
+# Seconds of wrk before each timed run, at about the same rate (not counted).
+WRK_WARM_UP_S = 1.0
 WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -133,7 +135,9 @@ def wrk_phase(
         origin = f"{url.scheme}://{url.netloc}"
         connections = [wrk, f"-t{min(2, clients)}", f"-c{clients}", "-s", str(script)]
         # A second to open the connections and warm the server, as the Python loader does.
-        subprocess.run([*connections, "-d1s", origin], capture_output=True, check=True)
+        subprocess.run(
+            [*connections, f"-d{WRK_WARM_UP_S:g}s", origin], capture_output=True, check=True
+        )
         done = subprocess.run(
             [*connections, f"-d{seconds:g}s", "--latency", origin],
             capture_output=True,
