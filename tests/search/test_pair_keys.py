@@ -9,7 +9,10 @@ index; and a store written before they existed must get them by the backfill
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from app.fhir.search.parameters import registry
 from app.fhir.search.parse import parse
 from app.fhir.search.plan import split, with_pair_condition
 from app.store.changes import ChangeFeed
+from app.store.client import EmbeddedServer
 from app.store.pair_keys import LACKING_THE_KEY, STATE, PairKeys
 from tests.search.conftest import (
     BASE,
@@ -339,3 +343,39 @@ async def test_the_keys_are_not_trusted_while_the_feed_is_down(
         assert await current.find_one({"_id": "o1"}, {PAIR_FIELD: 1}) == before
     finally:
         await feed.stop()
+
+
+async def test_hestia_status_names_the_types_whose_keys_are_not_used_yet(
+    mongo: AsyncMongoClient[JsonDict], database: EmbeddedServer, tmp_path: Path
+) -> None:
+    world = await new_world(mongo, ["Patient", "Group", "Observation", "Condition"])
+    for resource in RESOURCES:
+        await world.put(resource)
+    state = world.store.db[STATE]
+    await state.update_one({"_id": "Observation"}, {"$set": {"complete": False}})
+    await state.update_one({"_id": "Condition"}, {"$set": {"complete": False, "stale_writes": 2}})
+
+    async def status() -> str:
+        done = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app",
+            "status",
+            "--mongodb-uri",
+            database.uri,
+            "--data-dir",
+            str(tmp_path),
+            env={**os.environ, "HESTIA_DATABASE": world.store.db.name},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await done.communicate()
+        assert done.returncode == 0
+        return out.decode()
+
+    printed = await status()
+    assert "pair keys of Observation: not used yet (backfill not complete;" in printed
+    assert "pair keys of Condition: not used yet (2 write(s) by an older version seen;" in printed
+    keys = PairKeys(world.store)
+    await keys.open(["Patient", "Group", "Observation", "Condition"])
+    await keys.wait()
+    assert "pair keys" not in await status()
