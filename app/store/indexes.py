@@ -11,7 +11,9 @@ real workloads filter on get one:
 - `code` and `date` (both range ends) for the clinical types;
 - the pair key `patient+code` (fhir/search/pairs.py) where a type has both parameters: a
   patient's results for a code are one index range, not all the patient's resources;
-- `_lastUpdated` (its low end) for every type: incremental sync filters and sorts on it;
+- `_lastUpdated` (its low end) for every type: incremental sync filters and sorts on it; and
+  `(s.code, deleted, updated)` on Observation, for `code=X&_sort=±_lastUpdated`
+  (UPDATED_SORTED below);
 - names (`name`, `family`, `given` prefixes) and `birthdate` for the person-like types,
   `name` for the directory types, and `url` for the canonical (conformance) types.
 
@@ -52,6 +54,16 @@ _DIRECTORY_TYPES = frozenset(
 
 
 KEYSET_SUFFIX = ("deleted", "_id")
+# Equality keys that also get `(key, deleted, updated)`: `code=X&_sort=-_lastUpdated` is then one
+# bounded index range per window of `updated` (fhir/search/key_windows.py), where the keyset
+# index made the embedded server load and sort every match (4 s for a code on 20,000 of
+# 90,000 Observations). Only Observation's `code`: the one equality whose matches run to a
+# large part of a big collection in real searches (the latest results of a test), and every
+# index costs writes (on every type with a code, this one cost 10% of the store's write rate).
+# `updated` is the instant `_lastUpdated` holds, and a scalar: MongoDB indexes one array field
+# per compound index, and `s._lastUpdated:lo` is an array.
+UPDATED_SUFFIX = ("deleted", "updated")
+UPDATED_SORTED = {"Observation": frozenset({"s.code"})}
 
 
 def _is_range_field(name: str) -> bool:
@@ -66,6 +78,16 @@ def index_keys(field_name: str) -> list[tuple[str, int]]:
     if _is_range_field(field_name):
         return [(field_name, ASCENDING)]
     return [(field_name, ASCENDING), *((f, ASCENDING) for f in KEYSET_SUFFIX)]
+
+
+def updated_index_name(field_name: str) -> str:
+    return f"{field_name}+deleted+updated"
+
+
+@cache
+def updated_sorted_fields(resource_type: str) -> frozenset[str]:
+    """Fields with a `(field, deleted, updated)` index as well (see UPDATED_SORTED)."""
+    return keyset_fields(resource_type) & UPDATED_SORTED.get(resource_type, frozenset())
 
 
 @cache
@@ -117,14 +139,20 @@ async def ensure_search_indexes(store: Store, resource_types: Sequence[str]) -> 
         if not fields:
             continue
         collection = store.current(resource_type)
-        wanted = {index_name(f) for f in fields}
+        models = [IndexModel(index_keys(f), name=index_name(f)) for f in fields]
+        models += [
+            IndexModel(
+                [(f, ASCENDING), *((g, ASCENDING) for g in UPDATED_SUFFIX)],
+                name=updated_index_name(f),
+            )
+            for f in sorted(updated_sorted_fields(resource_type))
+        ]
+        wanted = {model.document["name"] for model in models}
         existing = [index["name"] async for index in await collection.list_indexes()]
         for name in existing:
             if _is_ours(name) and name not in wanted:
                 await collection.drop_index(name)
-        await collection.create_indexes(
-            [IndexModel(index_keys(f), name=index_name(f)) for f in fields]
-        )
+        await collection.create_indexes(models)
 
 
 def _is_ours(name: str) -> bool:

@@ -17,7 +17,14 @@ from app.fhir.search.execute import SearchEngine
 from app.fhir.search.key_windows import walk_key_windows
 from app.store.client import EmbeddedServer
 from app.store.versions import Store
-from tests.search.conftest import LOINC, SearchWorld, match_ids, new_world, parse_items
+from tests.search.conftest import (
+    LOINC,
+    SearchWorld,
+    match_ids,
+    new_world,
+    parse_items,
+    plan_stages,
+)
 
 JsonDict = dict[str, Any]
 LOWEST, HIGHEST = -(10**14), 10**14
@@ -308,3 +315,70 @@ async def test_last_updated_pages_query_only_bounded_windows_of_the_key(
         assert {"$gt", "$gte"} & window.keys() and {"$lt", "$lte"} & window.keys(), window
     # Windows, not the search's whole range: some end below every key there could be.
     assert any(window.get("$lt", DATE_CEILING) < DATE_CEILING for window in windows), windows
+
+
+# -- one code, by `_lastUpdated`: windows of the `(s.code, deleted, updated)` index -----------
+
+
+@pytest.fixture(scope="module")
+async def two_codes(mongo: AsyncMongoClient[JsonDict]) -> SearchWorld:
+    world = await new_world(mongo, ["Observation"])
+    rng = random.Random(21)
+    ids = [f"o{n:03d}" for n in range(60)]
+    for n, oid in enumerate(ids):
+        await world.put(_coded(oid, "final", "8867-4" if n % 3 else "2339-0"))
+    for oid in rng.sample(ids, 12):  # to the newest end, some changing code
+        await world.put(_coded(oid, "amended", rng.choice(["8867-4", "2339-0"])))
+    for oid in rng.sample(ids, 8):
+        await world.interactions.delete("Observation", oid)
+    return world
+
+
+def _coded(oid: str, status: str, code: str) -> JsonDict:
+    return {**_observation(oid, status), "code": {"coding": [{"system": LOINC, "code": code}]}}
+
+
+async def _coded_by_last_updated(world: SearchWorld, code: str) -> list[str]:
+    docs = await world.store.current("Observation").find({"deleted": False}).to_list(None)
+    kept = [d for d in docs if d["resource"]["code"]["coding"][0]["code"] == code]
+    kept.sort(key=lambda d: (d["resource"]["meta"]["lastUpdated"], d["_id"]))
+    return [d["_id"] for d in kept]
+
+
+@pytest.mark.parametrize("count", [1, 7, 200])
+@pytest.mark.parametrize("code", ["8867-4", f"{LOINC}|2339-0"])
+async def test_a_codes_pages_by_last_updated_walk_its_resources_once_in_order(
+    two_codes: SearchWorld, count: int, code: str
+) -> None:
+    expected = await _coded_by_last_updated(two_codes, code.rpartition("|")[2])
+    assert 15 < len(expected) < 52
+    up, _ = await _pages(two_codes, f"code={code}&_sort=_lastUpdated&_count={count}")
+    down, bundle = await _pages(two_codes, f"code={code}&_sort=-_lastUpdated&_count={count}")
+    assert [i for page in up for i in page] == expected
+    assert [i for page in down for i in page] == expected[::-1]
+    back: list[list[str]] = []
+    while (items := _follow(bundle, "previous")) is not None:
+        bundle = await two_codes.search("Observation", items)
+        back.append(match_ids(bundle))
+    assert back == down[:-1][::-1]
+
+
+async def test_a_codes_pages_by_last_updated_read_bounded_ranges_of_its_index(
+    two_codes: SearchWorld, database: EmbeddedServer
+) -> None:
+    """What makes them fast where a code has many matches: each query is one range of the
+    `(s.code, deleted, updated)` index, bounded on both sides, not every match of the code."""
+    listener = FindFilters()
+    client: AsyncMongoClient[JsonDict] = AsyncMongoClient(database.uri, event_listeners=[listener])
+    try:
+        engine = SearchEngine(Store(client[two_codes.store.db.name]), cursor_secret=b"k")
+        watched = SearchWorld(two_codes.store, engine, two_codes.interactions)
+        pages, _ = await _pages(watched, "code=8867-4&_sort=-_lastUpdated&_count=5")
+    finally:
+        await client.close()
+    assert len(pages) > 2 and listener.filters
+    for flt in listener.filters:
+        assert flt["s.code"] == "8867-4" and flt["deleted"] is False, flt
+        assert {"$gt", "$gte"} & flt["updated"].keys() and {"$lt", "$lte"} & flt["updated"].keys()
+    plan = await two_codes.store.current("Observation").find(listener.filters[0]).explain()
+    assert ("IXSCAN", "s.code+deleted+updated") in plan_stages(plan)
