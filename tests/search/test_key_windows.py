@@ -363,8 +363,27 @@ async def test_a_codes_pages_by_last_updated_walk_its_resources_once_in_order(
     assert back == down[:-1][::-1]
 
 
+@pytest.mark.parametrize("count", [1, 7, 200])
+async def test_what_changed_for_a_code_pages_oldest_change_first(
+    two_codes: SearchWorld, count: int
+) -> None:
+    docs = await two_codes.store.current("Observation").find({"deleted": False}).to_list(None)
+    changes = sorted(
+        (d["resource"]["meta"]["lastUpdated"], d["_id"])
+        for d in docs
+        if d["resource"]["code"]["coding"][0]["code"] == "8867-4"
+    )
+    since = changes[10][0]
+    pages, _ = await _pages(two_codes, f"code=8867-4&_lastUpdated=gt{since}&_count={count}")
+    assert [i for page in pages for i in page] == [i for at, i in changes if at > since]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["code=8867-4&_sort=-_lastUpdated&_count=5", "code=8867-4&_lastUpdated=gt2020&_count=5"],
+)
 async def test_a_codes_pages_by_last_updated_read_bounded_ranges_of_its_index(
-    two_codes: SearchWorld, database: EmbeddedServer
+    two_codes: SearchWorld, database: EmbeddedServer, query: str
 ) -> None:
     """What makes them fast where a code has many matches: each query is one range of the
     `(s.code, deleted, updated)` index, bounded on both sides, not every match of the code."""
@@ -373,7 +392,7 @@ async def test_a_codes_pages_by_last_updated_read_bounded_ranges_of_its_index(
     try:
         engine = SearchEngine(Store(client[two_codes.store.db.name]), cursor_secret=b"k")
         watched = SearchWorld(two_codes.store, engine, two_codes.interactions)
-        pages, _ = await _pages(watched, "code=8867-4&_sort=-_lastUpdated&_count=5")
+        pages, _ = await _pages(watched, query)
     finally:
         await client.close()
     assert len(pages) > 2 and listener.filters

@@ -807,15 +807,16 @@ class SearchEngine:
 
 
 def _changes_order(search: _TypeSearch, query: SearchQuery) -> SortOrder | None:
-    """The order of a search for what changed in a time range (`_lastUpdated=gt…`, nothing else,
-    no `_sort`): oldest change first. R4 leaves the order of an unsorted search to the server;
-    this one is read through windows of the indexed key (key_windows.py), where `_id` order
-    would load every match on the embedded server before its first page."""
+    """The order of a search for what changed in a time range (`_lastUpdated=gt…`, no `_sort`,
+    nothing else but an equality with a `(field, deleted, updated)` index, such as
+    Observation's `code`): oldest change first. R4 leaves the order of an unsorted search to the
+    server; this one is read through windows of the indexed key (key_windows.py), where `_id`
+    order would load every match on the embedded server before its first page."""
     if query.result_values("_sort"):
         return None
     flat = search.split.flat
     for key in POINT_KEYS & flat.keys():
-        if _filters_only_on(flat, key):
+        if _filters_only_on(flat, key) or _updated_partner(search, key) is not None:
             return SortOrder(((key, 1), ("_id", 1)))
     return None
 
