@@ -7,13 +7,10 @@ message are recognised and its ACK echoes MSH-10.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from mappers.hl7v2 import Hl7v2Error, Message, parse_message
-from mappers.hl7v2.parse import Encoding, component_text, decode
-
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+from mappers.hl7v2.parse import Encoding, component_text, decode, header_line
 
 
 @dataclass(frozen=True)
@@ -39,10 +36,9 @@ def read_header(raw: bytes) -> Header:
 
 def _best_effort(raw: bytes) -> tuple[str, str, str, str]:
     text, _, _ = decode(raw)
-    start = text.find("MSH")
-    if start < 0 or len(text) < start + 4:
+    line = header_line(text)
+    if line is None:
         return "", "", "", ""
-    line = _LINE_BREAK.split(text[start:], 1)[0]
     sep = line[3]
     if sep.isalnum() or sep.isspace():
         return "", "", "", ""

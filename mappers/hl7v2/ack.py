@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from mappers.hl7v2.errors import AckCode, Hl7v2Error
-from mappers.hl7v2.parse import Encoding, Message, Segment, component_text, decode
+from mappers.hl7v2.parse import (
+    Encoding,
+    Message,
+    Segment,
+    component_text,
+    decode,
+    header_line,
+)
 
 _STANDARD = Encoding()
 
@@ -24,10 +31,9 @@ def _best_effort_msh(raw: bytes | str) -> tuple[Segment | None, Encoding, str]:
         text, charset, _ = decode(raw)
     else:
         text, charset = raw, "utf-8"
-    start = text.find("MSH")
-    if start < 0 or len(text) < start + 8:
+    line = header_line(text)
+    if line is None:
         return None, _STANDARD, charset
-    line = text[start:].replace("\r\n", "\r").replace("\n", "\r").split("\r", 1)[0]
     sep = line[3]
     if not _usable(sep):
         # Nothing in this header can be read reliably: answer in standard delimiters, echoing

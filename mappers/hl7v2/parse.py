@@ -227,12 +227,23 @@ def strip_bom(raw: bytes) -> bytes:
     return raw[3:] if raw.startswith(_BOM) else raw
 
 
+def header_line(text: str) -> str | None:
+    """The MSH line of a message's text, read without parsing it, when it has a field separator
+    (MSH-1, the character after "MSH"); None when there is no MSH, or the line ends right after
+    it. For reading what a sender's header says of a message that may not parse: its charset,
+    who sent it, the control id an ACK must echo."""
+    start = text.find("MSH")
+    if start < 0:
+        return None
+    line = _LINE_BREAK.split(text[start:], 1)[0]
+    return line if len(line) > 3 else None
+
+
 def _declared_charset(raw: bytes) -> str:
     """MSH-18 read from the bytes before decoding (the header itself is ASCII)."""
-    start = raw.find(b"MSH")
-    if start < 0 or len(raw) < start + 4:
+    line = header_line(raw.decode("latin-1"))
+    if line is None:
         return ""
-    line = _BYTE_LINE_BREAK.split(raw[start:], 1)[0].decode("latin-1")
     sep = line[3]
     parts = line.split(sep)
     # parts[0] = "MSH", parts[1] = MSH-2, so MSH-n = parts[n - 1].

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.store.client import EmbeddedServer
@@ -39,6 +39,8 @@ def mutated(draw: st.DrawFn) -> bytes:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(st.lists(st.one_of(mutated(), st.binary(max_size=300)), min_size=10, max_size=15))
+# Found by this test on 2026-12-03: "MSH" then a line break crashed reading the header.
+@example(payloads=[b"MSH\r|", b"MSH\n", b"xMSH\r\n|^~\\&"])
 def test_any_bytes_are_stored_and_answered(database: EmbeddedServer, payloads: list[bytes]) -> None:
     async def run() -> None:
         wiring = await wire(database.uri)

@@ -78,6 +78,15 @@ def test_undeclared_latin1_falls_back_without_error() -> None:
     assert message.first("PID").text(5, 1) == "Müller"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("raw", [b"MSH\r|", b"MSH\n", b"MSH"])
+def test_an_msh_cut_off_before_its_field_separator_is_refused_by_field(raw: bytes) -> None:
+    """Found by tests/ingest/test_ingest_fuzz.py: reading MSH-18 before decoding raised
+    IndexError on "MSH" followed by a line break, a crash where a refusal is due."""
+    with pytest.raises(UnparseableMessage) as refused:
+        parse_message(raw)
+    assert refused.value.field == 1
+
+
 @pytest.mark.parametrize(
     ("escaped", "decoded"),
     [
