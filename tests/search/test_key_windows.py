@@ -295,22 +295,30 @@ class FindFilters(monitoring.CommandListener):
         pass
 
 
+async def _watched_pages(
+    world: SearchWorld, database: EmbeddedServer, query: str
+) -> tuple[list[list[str]], list[JsonDict]]:
+    """The pages of `query`, and the filter of every find they sent to the database."""
+    listener = FindFilters()
+    client: AsyncMongoClient[JsonDict] = AsyncMongoClient(database.uri, event_listeners=[listener])
+    try:
+        engine = SearchEngine(Store(client[world.store.db.name]), cursor_secret=b"k")
+        watched = SearchWorld(world.store, engine, world.interactions)
+        pages, _ = await _pages(watched, query)
+    finally:
+        await client.close()
+    return pages, listener.filters
+
+
 @pytest.mark.parametrize("query", ["_sort=-_lastUpdated&_count=7", "_lastUpdated=gt2020-01-01"])
 async def test_last_updated_pages_query_only_bounded_windows_of_the_key(
     written: SearchWorld, database: EmbeddedServer, query: str
 ) -> None:
     """What makes these pages fast on the embedded server, which loads every match of a find:
     no query leaves the key open on either side."""
-    listener = FindFilters()
-    client: AsyncMongoClient[JsonDict] = AsyncMongoClient(database.uri, event_listeners=[listener])
-    try:
-        engine = SearchEngine(Store(client[written.store.db.name]), cursor_secret=b"k")
-        watched = SearchWorld(written.store, engine, written.interactions)
-        pages, _ = await _pages(watched, query)
-    finally:
-        await client.close()
-    assert len(pages) > 1 and listener.filters
-    windows = [flt["s._lastUpdated:lo"] for flt in listener.filters]
+    pages, filters = await _watched_pages(written, database, query)
+    assert len(pages) > 1 and filters
+    windows = [flt["s._lastUpdated:lo"] for flt in filters]
     for window in windows:
         assert {"$gt", "$gte"} & window.keys() and {"$lt", "$lte"} & window.keys(), window
     # Windows, not the search's whole range: some end below every key there could be.
@@ -387,17 +395,10 @@ async def test_a_codes_pages_by_last_updated_read_bounded_ranges_of_its_index(
 ) -> None:
     """What makes them fast where a code has many matches: each query is one range of the
     `(s.code, deleted, updated)` index, bounded on both sides, not every match of the code."""
-    listener = FindFilters()
-    client: AsyncMongoClient[JsonDict] = AsyncMongoClient(database.uri, event_listeners=[listener])
-    try:
-        engine = SearchEngine(Store(client[two_codes.store.db.name]), cursor_secret=b"k")
-        watched = SearchWorld(two_codes.store, engine, two_codes.interactions)
-        pages, _ = await _pages(watched, query)
-    finally:
-        await client.close()
-    assert len(pages) > 2 and listener.filters
-    for flt in listener.filters:
+    pages, filters = await _watched_pages(two_codes, database, query)
+    assert len(pages) > 2 and filters
+    for flt in filters:
         assert flt["s.code"] == "8867-4" and flt["deleted"] is False, flt
         assert {"$gt", "$gte"} & flt["updated"].keys() and {"$lt", "$lte"} & flt["updated"].keys()
-    plan = await two_codes.store.current("Observation").find(listener.filters[0]).explain()
+    plan = await two_codes.store.current("Observation").find(filters[0]).explain()
     assert ("IXSCAN", "s.code+deleted+updated") in plan_stages(plan)
