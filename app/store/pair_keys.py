@@ -179,7 +179,10 @@ class PairKeys:
             {"$set": {"key": PAIR_KEY, "complete": True}},
             upsert=True,
         )
-        self._complete.add(resource_type)
+        # Written without the key again while the record was being written: the next pass
+        # records it stale again, and until then searches must not rely on the key.
+        if resource_type not in self._due and resource_type not in self._stale:
+            self._complete.add(resource_type)
 
     async def _record_stale(self, resource_type: str) -> None:
         """So that no instance starting from now trusts the record until it is complete again."""
@@ -192,6 +195,7 @@ class PairKeys:
     async def _backfill(self) -> None:
         while self._due:
             resource_type = min(self._due)
+            self._complete.discard(resource_type)  # not trusted while it is checked again
             try:
                 started = time.monotonic()
                 if resource_type in self._stale:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from app.fhir.search.compile import compile_query
 from app.fhir.search.execute import SearchEngine
@@ -27,6 +27,7 @@ from app.fhir.search.plan import split, with_pair_condition
 from app.store.changes import ChangeFeed
 from app.store.client import EmbeddedServer
 from app.store.pair_keys import LACKING_THE_KEY, STATE, PairKeys
+from app.store.versions import Store
 from tests.search.conftest import (
     BASE,
     LOINC,
@@ -316,6 +317,67 @@ async def test_a_write_without_the_key_is_not_trusted_from_the_moment_it_is_seen
         assert keys.ready("Observation") and keys.stale_writes == 1
     finally:
         await feed.stop()
+
+
+class CompletionRecords(monitoring.CommandListener):
+    """Calls `hook` when the first update recording Observation complete is sent, and counts
+    those updates."""
+
+    def __init__(self) -> None:
+        self.hook: Callable[[], None] | None = None
+        self.sent = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name != "update" or event.command.get("update") != STATE:
+            return
+        for update in event.command.get("updates", []):
+            complete = update.get("u", {}).get("$set", {}).get("complete")
+            if update.get("q", {}).get("_id") == "Observation" and complete is True:
+                self.sent += 1
+                hook, self.hook = self.hook, None
+                if hook is not None:
+                    hook()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_write_without_the_key_seen_while_completion_is_recorded_wins(
+    mongo: AsyncMongoClient[JsonDict], database: EmbeddedServer
+) -> None:
+    """The backfill records a type complete with a database write. A write without the key
+    seen while that write is in flight must leave the type untrusted until the next pass."""
+    world = await new_world(mongo, ["Patient", "Group", "Observation", "Condition"])
+    for resource in RESOURCES:
+        await world.put(resource)
+    await world.store.current("Observation").update_many({}, {"$unset": {PAIR_FIELD: ""}})
+    await world.store.db[STATE].delete_many({})
+    records = CompletionRecords()
+    client: AsyncMongoClient[JsonDict] = AsyncMongoClient(database.uri, event_listeners=[records])
+    keys = PairKeys(Store(client[world.store.db.name]))
+    older = {"_id": "x", "s": {"patient": ["Patient/p9"], "code": [f"{LOINC}|1-8"]}}
+    records.hook = lambda: keys.on_change("Observation", "insert", "x", older)
+    trusted_too_early = False
+
+    async def watch() -> None:
+        nonlocal trusted_too_early
+        while records.sent < 2:
+            trusted_too_early |= records.sent == 1 and keys.ready("Observation")
+            await asyncio.sleep(0)
+
+    try:
+        watcher = asyncio.ensure_future(watch())
+        await keys.open(["Patient", "Group", "Observation", "Condition"])
+        await keys.wait()
+        await asyncio.wait_for(watcher, 10)
+    finally:
+        await client.close()
+    assert records.sent == 2 and keys.stale_writes == 1
+    assert not trusted_too_early
+    assert keys.ready("Observation")
 
 
 async def test_the_keys_are_not_trusted_while_the_feed_is_down(
