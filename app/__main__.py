@@ -79,26 +79,13 @@ async def status(settings: Settings) -> int:
                 count = await database.db[name].count_documents({"deleted": False})
                 print(f"{name}\t{count}")
                 stored.append(name)
-        await _report_pair_keys(database.db, stored)
+        from app.store.pair_keys import PairKeys
+
+        for name, why in await PairKeys.not_used_yet(database.db, stored):
+            print(f"pair keys of {name}: not used yet ({why}; a running server fills them in)")
     finally:
         await database.close()
     return 0
-
-
-async def _report_pair_keys(db: Any, stored: list[str]) -> None:
-    """Which stored types' searches may not use their pair key yet (store/pair_keys.py): after
-    an upgrade, until the backfill completes; and again whenever an older instance wrote."""
-    from app.fhir.search.pairs import pair_types
-    from app.store.pair_keys import STATE
-
-    states = {str(doc["_id"]): doc async for doc in db[STATE].find({})}
-    for name in sorted(set(stored) & pair_types()):
-        state = states.get(name, {})
-        if state.get("complete") is True:
-            continue
-        stale = int(state.get("stale_writes", 0))
-        why = f"{stale} write(s) by an older version seen" if stale else "backfill not complete"
-        print(f"pair keys of {name}: not used yet ({why}; a running server fills them in)")
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

@@ -101,8 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pair_keys = PairKeys(store)
             await pair_keys.open(model.STORABLE_TYPES)
             # Older instances in a rolling upgrade write without the keys: the feed tells.
-            pair_keys.follow()
-            feed.subscribe(pair_keys)
+            pair_keys.follow(feed)
             cursor_secret = await shared_secret(database, "cursor")
             engine = SearchEngine(
                 store, cursor_secret=cursor_secret, pair_keys_ready=pair_keys.ready

@@ -42,6 +42,7 @@ from functools import cache
 
 from pymongo import ASCENDING, IndexModel
 
+from app.fhir.search.compile import LAST_UPDATED_KEY
 from app.fhir.search.pairs import PAIR_FIELD, pair_types
 from app.fhir.search.parameters import registry
 from app.store.versions import Store
@@ -116,7 +117,7 @@ def search_index_fields(resource_type: str) -> list[str]:
 
     # `_lastUpdated` is what a client syncing changes filters and sorts on, for every type; its
     # values are instants, so one end serves both (fhir/search/compile.py POINT_DATES).
-    fields.append("s._lastUpdated:lo")
+    fields.append(LAST_UPDATED_KEY)
     if resource_type == "Patient" or reg.patient_compartment(resource_type):
         fields.append("compartments")
     for code in ("identifier", *_CLINICAL_LINKS, "code", "date"):

@@ -37,9 +37,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from app.fhir.search.pairs import CODE, PAIR_FIELD, PAIR_KEY, PATIENT, pair_types, pair_values
+from app.store.changes import ChangeFeed
 from app.store.versions import Store
 
 log = logging.getLogger("hestia.store.pair_keys")
@@ -76,7 +78,6 @@ class PairKeys:
         self._follows = False
         self._live = False
         # The feed ran, then stopped: what was written meanwhile is unknown.
-        self._was_live = False
         self._lost_feed = False
         self.backfilled = 0
         self.stale_writes = 0
@@ -103,10 +104,11 @@ class PairKeys:
         if backfill:
             self._start_backfill()
 
-    def follow(self) -> None:
-        """Trust completion only while the change feed runs: call before subscribing this to
-        the feed (ChangeFeed.subscribe), which then reports older instances' writes."""
+    def follow(self, feed: ChangeFeed) -> None:
+        """Trust completion only while `feed` runs, and hear from it of older instances'
+        writes."""
         self._follows = True
+        feed.subscribe(self)
 
     async def wait(self) -> None:
         """Until nothing is left to backfill."""
@@ -122,11 +124,10 @@ class PairKeys:
     # -- change feed subscriber ---------------------------------------------------------------
 
     def on_live(self, live: bool) -> None:
-        self._live = live
+        was_live, self._live = self._live, live
         if not live:
-            self._lost_feed = self._lost_feed or self._was_live
+            self._lost_feed = self._lost_feed or was_live
             return
-        self._was_live = True
         if self._lost_feed and self._follows:
             # Writes made while the feed was down went unseen: each complete type is checked
             # again by a backfill pass (which also fills in what an older instance wrote)
@@ -165,6 +166,23 @@ class PairKeys:
             self._task = asyncio.get_running_loop().create_task(
                 self._backfill(), name="hestia-pair-keys"
             )
+
+    @staticmethod
+    async def not_used_yet(
+        db: AsyncDatabase[Any], resource_types: Iterable[str]
+    ) -> list[tuple[str, str]]:
+        """For an operator (`hestia status`): each of `resource_types` whose pair key is not
+        recorded complete, with why."""
+        states = {str(doc["_id"]): doc async for doc in db[STATE].find({})}
+        found = []
+        for name in sorted(set(resource_types) & pair_types()):
+            state = states.get(name, {})
+            if state.get("complete") is True:
+                continue
+            stale = int(state.get("stale_writes", 0))
+            why = f"{stale} write(s) by an older version seen" if stale else "backfill not complete"
+            found.append((name, why))
+        return found
 
     async def _recorded_complete(self) -> set[str]:
         state = self.store.db[STATE]

@@ -252,9 +252,8 @@ async def _following(
     keys = PairKeys(world.store)
     await keys.open(["Patient", "Group", "Observation", "Condition"])
     await keys.wait()
-    keys.follow()
     feed = ChangeFeed(world.store.db, idle_pause=0.01)
-    feed.subscribe(keys)
+    keys.follow(feed)
     assert not keys.ready("Observation")  # the feed is not running yet
     assert await feed.start()
     assert keys.ready("Observation") and keys.ready("Condition")

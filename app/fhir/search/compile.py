@@ -104,6 +104,8 @@ def _in(field: str, values: list[Any]) -> JsonDict:
 # (store/indexes.py). `meta.lastUpdated` is always a server-set instant to the millisecond.
 POINT_DATES = frozenset({"_lastUpdated"})
 POINT_KEYS = frozenset(f"s.{code}:lo" for code in POINT_DATES)
+# The key of `_lastUpdated`: the instant a document's `updated` holds, in epoch ms.
+LAST_UPDATED_KEY = "s._lastUpdated:lo"
 
 
 def _point_condition(code: str, prefix: str, low: int, high: int, now_ms: int) -> JsonDict:

@@ -38,6 +38,7 @@ from app.fhir.search import summary
 from app.fhir.search.compile import (
     DATE_CEILING,
     DATE_FLOOR,
+    LAST_UPDATED_KEY,
     POINT_KEYS,
     compile_query,
     resolve_subqueries,
@@ -829,7 +830,7 @@ def _updated_partner(search: _TypeSearch, key: str) -> str | None:
     """For a `_lastUpdated` key: the field of the one plain equality that, with `deleted` and a
     range on the key, is the whole database filter, when it has a `(field, deleted, updated)`
     index (store/indexes.py UPDATED_SORTED); else None."""
-    if key != "s._lastUpdated:lo":
+    if key != LAST_UPDATED_KEY:
         return None
     flat = search.split.flat
     if flat.get("deleted") is not False or (key in flat and _key_bounds(flat[key]) is None):
