@@ -80,6 +80,9 @@ async def status(settings: Settings) -> int:
                 print(f"{name}\t{count}")
                 stored.append(name)
         from app.store.pair_keys import PairKeys
+        from app.store.store_format import stored_format
+
+        print(f"store format: {await stored_format(database.db)}")
 
         for name, why in await PairKeys.not_used_yet(database.db, stored):
             print(f"pair keys of {name}: not used yet ({why}; a running server fills them in)")

@@ -50,6 +50,7 @@ from app.store.client import Database, shared_secret
 from app.store.indexes import ensure_search_indexes
 from app.store.pair_keys import PairKeys
 from app.store.raw import RawStore
+from app.store.store_format import claim_format
 from app.store.versions import Store, instant, now_utc
 from app.store.write_clock import WriteClock
 
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if audit_log is not None:
                 # Fails start-up when the audit store is unreachable: no access unaudited.
                 await audit_log.start(database.client[audit_database_name(settings.database)])
+            # Before anything is written: an older server must not misread this store.
+            await claim_format(database.db)
             cache = CurrentCache(settings.read_cache_entries)
             feed.subscribe(cache)
             clock = WriteClock()

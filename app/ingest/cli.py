@@ -32,6 +32,7 @@ from app.ingest.service import Hl7v2Ingestor
 from app.settings import Settings
 from app.store.client import Database
 from app.store.raw import RawSource, RawStore
+from app.store.store_format import NewerStoreFormat, claim_format
 from app.store.versions import Store
 from mappers.detect import detect
 
@@ -83,7 +84,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         for path in _files(args.paths):
             worst = max(worst, await _ingest_path(services, path, args))
         return worst
-    except OSError as exc:
+    except (OSError, NewerStoreFormat) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -93,6 +94,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 async def _services(database: Database, settings: Settings, args: argparse.Namespace) -> _Services:
     import os
 
+    await claim_format(database.db)
     store = Store(database.db)
     engine = SearchEngine(store)
     interactions = Interactions(store, engine.match_ids, max_json_depth=settings.max_json_depth)

@@ -11,6 +11,8 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.store.bodies import load_body
+
 PICKER_SIZE = 50
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -20,11 +22,11 @@ async def list_patients(
 ) -> list[tuple[str, str]]:
     cursor = (
         db["Patient"]
-        .find({"deleted": False}, projection={"resource.name": 1})
+        .find({"deleted": False}, projection={"resource": 1})
         .sort("_id", 1)
         .limit(limit)
     )
-    return [(str(doc["_id"]), display_name(doc.get("resource") or {})) async for doc in cursor]
+    return [(str(doc["_id"]), display_name(load_body(doc["resource"]))) async for doc in cursor]
 
 
 async def patient_exists(db: AsyncDatabase[dict[str, Any]], patient_id: str) -> bool:

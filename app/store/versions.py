@@ -22,6 +22,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
+from app.store.bodies import loaded, stored_body
 from app.store.cache import CurrentCache
 from app.store.write_clock import WriteClock
 
@@ -210,7 +211,10 @@ class Store:
         doc: Doc | None = await self.current(resource_type).find_one(
             {"_id": resource_id}, CURRENT_FIELDS, session=session
         )
-        if cache is not None and doc is not None:
+        if doc is None:
+            return None
+        loaded(doc)
+        if cache is not None:
             cache.put(resource_type, resource_id, doc, began)
         return doc
 
@@ -230,7 +234,7 @@ class Store:
             )
             .to_list(None)
         )
-        return {str(doc["_id"]): doc for doc in docs}
+        return {str(doc["_id"]): loaded(doc) for doc in docs}
 
     async def read_version(
         self,
@@ -242,7 +246,7 @@ class Store:
         doc: Doc | None = await self.history.find_one(
             {"_id": history_id(resource_type, resource_id, vid)}, session=session
         )
-        return doc
+        return None if doc is None else loaded(doc)
 
     # Writes
 
@@ -298,8 +302,7 @@ class Store:
             cursor = cursor.sort(list(sort))
         if limit:
             cursor = cursor.limit(limit)
-        docs: list[Doc] = await cursor.to_list(None)
-        return docs
+        return [loaded(doc) async for doc in cursor]
 
     async def count(self, resource_type: str, query: Doc) -> int:
         return int(await self.current(resource_type).count_documents(query))
@@ -308,8 +311,7 @@ class Store:
         self, query: Doc, *, limit: int, sort: Sequence[tuple[str, int]]
     ) -> list[Doc]:
         cursor = self.history.find(query).sort(list(sort)).limit(limit)
-        docs: list[Doc] = await cursor.to_list(None)
-        return docs
+        return [loaded(doc) async for doc in cursor]
 
     async def count_history(self, query: Doc) -> int:
         return int(await self.history.count_documents(query))
@@ -339,9 +341,10 @@ class WriteBatch:
     ) -> Version:
         vid = (expected_vid or 0) + 1
         resource = make_resource(vid)
+        body = None if resource is None else stored_body(resource)
         doc: Doc = {
             "_id": spec.id,
-            "resource": resource,
+            "resource": body,
             "vid": vid,
             "updated": updated,
             "deleted": resource is None,
@@ -361,7 +364,7 @@ class WriteBatch:
                 "vid": vid,
                 "updated": updated,
                 "method": spec.method,
-                "resource": resource,
+                "resource": body,
             }
         )
         version = Version(

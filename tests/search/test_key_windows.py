@@ -212,7 +212,7 @@ async def _pages(world: SearchWorld, query: str) -> tuple[list[list[str]], JsonD
 
 
 async def _by_last_updated(world: SearchWorld) -> list[str]:
-    docs = await world.store.current("Observation").find({"deleted": False}).to_list(None)
+    docs = await world.store.find("Observation", {"deleted": False})
     docs.sort(key=lambda d: (d["resource"]["meta"]["lastUpdated"], d["_id"]))
     return [d["_id"] for d in docs]
 
@@ -247,7 +247,7 @@ async def test_a_new_write_leads_the_next_first_page(written: SearchWorld) -> No
 
 
 async def _by_last_updated_docs(world: SearchWorld) -> list[tuple[str, str]]:
-    docs = await world.store.current("Observation").find({"deleted": False}).to_list(None)
+    docs = await world.store.find("Observation", {"deleted": False})
     return sorted((d["resource"]["meta"]["lastUpdated"], d["_id"]) for d in docs)
 
 
@@ -347,7 +347,7 @@ def _coded(oid: str, status: str, code: str) -> JsonDict:
 
 
 async def _coded_by_last_updated(world: SearchWorld, code: str) -> list[str]:
-    docs = await world.store.current("Observation").find({"deleted": False}).to_list(None)
+    docs = await world.store.find("Observation", {"deleted": False})
     kept = [d for d in docs if d["resource"]["code"]["coding"][0]["code"] == code]
     kept.sort(key=lambda d: (d["resource"]["meta"]["lastUpdated"], d["_id"]))
     return [d["_id"] for d in kept]
@@ -375,7 +375,7 @@ async def test_a_codes_pages_by_last_updated_walk_its_resources_once_in_order(
 async def test_what_changed_for_a_code_pages_oldest_change_first(
     two_codes: SearchWorld, count: int
 ) -> None:
-    docs = await two_codes.store.current("Observation").find({"deleted": False}).to_list(None)
+    docs = await two_codes.store.find("Observation", {"deleted": False})
     changes = sorted(
         (d["resource"]["meta"]["lastUpdated"], d["_id"])
         for d in docs

@@ -170,7 +170,7 @@ async def _walk(world: SearchWorld, query: str) -> list[str]:
 
 
 async def _expected(world: SearchWorld, code: str) -> list[str]:
-    docs = await world.store.current("Observation").find({}, {"resource": 1}).to_list(None)
+    docs = await world.store.find("Observation", {}, projection={"resource": 1})
     return sorted(d["_id"] for d in docs if d["resource"]["code"]["coding"][0]["code"] == code)
 
 

@@ -52,6 +52,7 @@ from app.fhir.search.parameters import Registry, registry
 from app.fhir.search.parse import RESULT_PARAMETERS, SearchQuery, parse
 from app.fhir.search.plan import SortOrder, Split, field_values, split, with_pair_condition
 from app.fhir.search.windows import WidthHints, read_windows
+from app.store.bodies import load_body
 from app.store.indexes import keyset_fields, updated_sorted_fields
 from app.store.versions import Store, instant, now_utc
 
@@ -781,7 +782,7 @@ class SearchEngine:
                 entries.append(
                     {
                         "fullUrl": f"{base_url}/{rtype}/{doc['_id']}",
-                        "resource": self._shape(doc["resource"], controls),
+                        "resource": self._shape(load_body(doc["resource"]), controls),
                         "search": {"mode": mode},
                     }
                 )
