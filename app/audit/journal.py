@@ -124,8 +124,16 @@ async def read_head(
     last = await _newest_seq(journal, floor_head[0])
     if last is None:
         return floor_head
-    block = await journal.find_one({"last": last}, {"last": 1, "hash": 1})
-    assert block is not None
+    # Blocks other writers append during the search can end it inside a block, on a seq that
+    # is no block's last: take the newest block that holds it or ends soon after. An older
+    # head than the newest is safe: chaining after it collides with the next block's _id.
+    block = await journal.find_one(
+        {"last": {"$gte": last, "$lt": last + MAX_BLOCK_EVENTS}},
+        {"last": 1, "hash": 1},
+        sort=[("last", DESCENDING)],
+    )
+    if block is None:  # only if the journal lost blocks while we looked: verify reports it
+        raise UnreadableBlock(f"the audit journal holds event {last} but no block of it")
     return int(block["last"]), str(block["hash"])
 
 

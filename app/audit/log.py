@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,7 +52,9 @@ from app.audit.journal import MAX_BLOCK_EVENTS, block_of, ensure_journal_indexes
 
 log = logging.getLogger("hestia.audit")
 
-MAX_CHAIN_RETRIES = 100
+# After a lost race for the next seq, a writer waits up to 0.5 ms × 2^attempts, at most 8 ms.
+CONFLICT_BACKOFF_S = 0.0005
+MAX_CONFLICT_BACKOFF_S = 0.008
 
 MONGODB_ROLES = """\
 // Run once as an administrator on the audit database (e.g. hestia_audit).
@@ -262,7 +266,16 @@ class AuditLog:
 
     async def _insert_block(self, events: list[JsonDict], batch_id: str) -> list[int]:
         assert self._journal is not None
-        for _ in range(MAX_CHAIN_RETRIES):
+        deadline = time.monotonic() + self.timeout
+        for attempt in itertools.count():
+            if attempt:
+                if time.monotonic() > deadline:
+                    raise AuditUnavailable("the audit chain is too contended to append")
+                # Writers that lost the same race would all retry at once, and all but one
+                # lose again: spread them out, further the more often they lost (capped, so a
+                # writer that lost often is not left behind the ones that just arrived).
+                spread = min(CONFLICT_BACKOFF_S * 2**attempt, MAX_CONFLICT_BACKOFF_S)
+                await asyncio.sleep(random.uniform(0, spread))
             head_seq, head_hash = await self._current_head()
             documents = link(events, head_seq, head_hash, batch=batch_id, writer=self.writer_id)
             try:
@@ -280,7 +293,7 @@ class AuditLog:
             self._head = (int(last["_id"]), last["hash"])
             self._head_at = time.monotonic()
             return [int(d["_id"]) for d in documents]
-        raise AuditUnavailable("the audit chain is too contended to append")
+        raise AssertionError("unreachable")
 
     async def _current_head(self) -> tuple[int, str]:
         """The head to chain after. A head this writer knows is re-checked (cheaply: only

@@ -121,6 +121,34 @@ async def test_two_writers_on_separate_connections_keep_one_total_order(
     assert report.checked == 200
 
 
+async def test_four_contended_writers_all_append_in_one_total_order(
+    database: EmbeddedServer, audit_db: Db
+) -> None:
+    # Four app processes, each with 16 requests waiting, race for every next seq; the losers
+    # re-read the head and retry (spread out, see AuditLog._insert_block) until they land.
+    clients = [
+        AsyncMongoClient[dict[str, Any]](database.uri, tz_aware=True, tzinfo=UTC) for _ in range(4)
+    ]
+    logs = [AuditLog(window=0) for _ in clients]
+    for log, client in zip(logs, clients, strict=True):
+        await log.start(client[audit_db.name])
+    try:
+        for round_ in range(4):
+            await asyncio.gather(
+                *(append_many(log, 16, 1000 * n + 100 * round_) for n, log in enumerate(logs))
+            )
+    finally:
+        for log in logs:
+            await log.stop()
+        for client in clients:
+            await client.close()
+    docs = await stored(audit_db)
+    assert [int(d["_id"]) for d in docs] == list(range(1, 257))
+    assert sum(log.stats.conflicts for log in logs) > 0  # they did race
+    report = await verify_chain(audit_db)
+    assert report.ok, report.summary()
+
+
 async def test_a_writer_behind_the_head_rechains_after_the_other_writer(
     database: EmbeddedServer, audit_db: Db
 ) -> None:
