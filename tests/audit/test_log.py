@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
+from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
 
@@ -93,26 +95,36 @@ async def test_concurrent_http_requests_are_group_committed(
     assert len({d["batch"] for d in docs}) < 20
 
 
-async def test_two_writers_on_separate_connections_keep_one_total_order(
-    database: EmbeddedServer, audit_db: Db
-) -> None:
-    # Two writers with their own clients stand for two app processes behind a load balancer.
+@contextlib.asynccontextmanager
+async def writers(
+    database: EmbeddedServer, audit_db: Db, count: int, window: float
+) -> AsyncIterator[list[AuditLog]]:
+    """`count` writers, each with its own client: app processes appending to one chain."""
     clients = [
-        AsyncMongoClient[dict[str, Any]](database.uri, tz_aware=True, tzinfo=UTC) for _ in range(2)
+        AsyncMongoClient[dict[str, Any]](database.uri, tz_aware=True, tzinfo=UTC)
+        for _ in range(count)
     ]
-    logs = [AuditLog(window=0.001) for _ in clients]
-    for log, client in zip(logs, clients, strict=True):
-        await log.start(client[audit_db.name])
+    logs = [AuditLog(window=window) for _ in clients]
     try:
-        for round_ in range(5):
-            await asyncio.gather(
-                append_many(logs[0], 20, 1000 * round_), append_many(logs[1], 20, 500 + round_)
-            )
+        for log, client in zip(logs, clients, strict=True):
+            await log.start(client[audit_db.name])
+        yield logs
     finally:
         for log in logs:
             await log.stop()
         for client in clients:
             await client.close()
+
+
+async def test_two_writers_on_separate_connections_keep_one_total_order(
+    database: EmbeddedServer, audit_db: Db
+) -> None:
+    # Two writers with their own clients stand for two app processes behind a load balancer.
+    async with writers(database, audit_db, 2, window=0.001) as logs:
+        for round_ in range(5):
+            await asyncio.gather(
+                append_many(logs[0], 20, 1000 * round_), append_many(logs[1], 20, 500 + round_)
+            )
     docs = await stored(audit_db)
     assert [int(d["_id"]) for d in docs] == list(range(1, 201))
     assert {d["writer"] for d in docs} == {logs[0].writer_id, logs[1].writer_id}
@@ -126,22 +138,11 @@ async def test_four_contended_writers_all_append_in_one_total_order(
 ) -> None:
     # Four app processes, each with 16 requests waiting, race for every next seq; the losers
     # re-read the head and retry (spread out, see AuditLog._insert_block) until they land.
-    clients = [
-        AsyncMongoClient[dict[str, Any]](database.uri, tz_aware=True, tzinfo=UTC) for _ in range(4)
-    ]
-    logs = [AuditLog(window=0) for _ in clients]
-    for log, client in zip(logs, clients, strict=True):
-        await log.start(client[audit_db.name])
-    try:
+    async with writers(database, audit_db, 4, window=0) as logs:
         for round_ in range(4):
             await asyncio.gather(
                 *(append_many(log, 16, 1000 * n + 100 * round_) for n, log in enumerate(logs))
             )
-    finally:
-        for log in logs:
-            await log.stop()
-        for client in clients:
-            await client.close()
     docs = await stored(audit_db)
     assert [int(d["_id"]) for d in docs] == list(range(1, 257))
     assert sum(log.stats.conflicts for log in logs) > 0  # they did race
