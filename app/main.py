@@ -21,6 +21,7 @@ from app.api.errors import InternalErrorBoundary, internal_error, log_unexpected
 from app.api.http import error_response
 from app.audit.chain import audit_database_name
 from app.audit.events import AuditSource
+from app.audit.indexer import IndexerProcess
 from app.audit.journal import HYDRATE_FIELDS, resources_of
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         feed = ChangeFeed(database.db)
         audit_index: AuditIndex | None = None
+        indexer: IndexerProcess | None = None
         pair_keys: PairKeys | None = None
         try:
             await database.ping()
@@ -112,8 +114,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             audit_database = database.client[audit_database_name(settings.database)]
             audit_store = Store(audit_database)
             audit_index = AuditIndex(audit_database)
-            if audit_log is not None:
+            if audit_log is not None and settings.audit_indexer == "in-process":
                 audit_index.follow(audit_log)
+            elif audit_log is not None:
+                indexer = IndexerProcess(database.uri, audit_database.name)
+                await indexer.start()
+                audit_index.guard(audit_log)
             security = await open_security(settings, database)
             if security is not None:
                 feed.subscribe(security.revocations)
@@ -184,6 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await pair_keys.close()
             if audit_index is not None:
                 await audit_index.stop()
+            if indexer is not None:
+                await indexer.stop()
             if audit_log is not None:
                 await audit_log.stop()
             await database.close()

@@ -76,6 +76,9 @@ class Settings:
     audit_timeout_s: float = 5.0
     # The patient/date indexes of the audit log; on for MongoDB, where they are cheap.
     audit_search_indexes: bool = False
+    # Who indexes AuditEvents for auditors: a process beside each worker (app/audit/indexer.py)
+    # or the worker itself ("in-process", projection.py's pacing).
+    audit_indexer: str = "process"
     audit_source: str = ""
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +114,7 @@ class Settings:
             audit_window_ms=_env_int("AUDIT_WINDOW_MS", cls.audit_window_ms),
             audit_timeout_s=float(_env("AUDIT_TIMEOUT_S", str(cls.audit_timeout_s))),
             audit_search_indexes=_env_bool("AUDIT_SEARCH_INDEXES", cls.audit_search_indexes),
+            audit_indexer=_env("AUDIT_INDEXER", cls.audit_indexer),
             audit_source=_env("AUDIT_SOURCE", ""),
             log_level=_env("LOG_LEVEL", cls.log_level),
         )

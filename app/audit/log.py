@@ -149,6 +149,10 @@ class AuditLog:
         self._room.set()
 
     @property
+    def holding(self) -> bool:
+        return not self._room.is_set()
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 

@@ -136,6 +136,32 @@ class AuditIndex:
             name="audit-index",
         )
 
+    def guard(self, writer: AuditLog, *, interval_s: float = 0.5, max_backlog: int = 2_000) -> None:
+        """Index nothing here (an indexer process does, app/audit/indexer.py), but keep its
+        backlog bounded as `follow` does: appends wait while it is past twice `max_backlog`."""
+        self._task = asyncio.create_task(
+            self._guard(writer, Pacing(max_backlog=max_backlog), interval_s), name="audit-guard"
+        )
+
+    async def _guard(self, writer: AuditLog, pacing: Pacing, interval_s: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    backlog = writer.head_seq - await self.watermark()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # let appends go; the next look may succeed
+                    writer.release()
+                    log.warning("audit search index backlog unknown (%s)", type(exc).__name__)
+                    continue
+                if backlog > pacing.hold_above:
+                    writer.hold()
+                else:
+                    writer.release()
+        finally:
+            writer.release()
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:

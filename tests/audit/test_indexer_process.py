@@ -1,0 +1,156 @@
+"""The auditors' indexer in its own process (app/audit/indexer.py): it keeps the index up to
+date beside the server, is started again when it fails, stops with its parent, and the server
+still bounds its backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pymongo import AsyncMongoClient
+
+from app.audit.chain import audit_database_name
+from app.audit.indexer import DATABASE_ENV, URI_ENV, IndexerProcess
+from app.audit.journal import head_seq
+from app.audit.log import AuditLog
+from app.audit.projection import AuditIndex
+from app.store.client import EmbeddedServer
+from tests.audit.conftest import Db
+from tests.audit.test_log import append_many
+from tests.conftest import ROOT, RunningServer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def _indexed_through(db: Db, seq: int, seconds: float = 10.0) -> bool:
+    index = AuditIndex(db)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await index.watermark() >= seq:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_the_indexer_is_started_again_when_it_fails(
+    database: EmbeddedServer, audit_db: Db
+) -> None:
+    log = AuditLog(window=0)
+    await log.start(audit_db)
+    indexer = IndexerProcess(database.uri, audit_db.name)
+    await indexer.start()
+    try:
+        await append_many(log, 30)
+        assert await _indexed_through(audit_db, log.head_seq)
+        first = indexer.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        for _ in range(100):
+            if indexer.starts == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert indexer.starts == 2 and indexer.pid != first
+        await append_many(log, 30, start=100)
+        assert await _indexed_through(audit_db, log.head_seq)
+    finally:
+        pid = indexer.pid
+        await indexer.stop()
+        await log.stop()
+    assert pid is not None and not _alive(pid)
+
+
+async def test_the_indexer_stops_when_its_parent_is_gone(
+    database: EmbeddedServer, audit_db: Db
+) -> None:
+    env = {**os.environ, URI_ENV: database.uri, DATABASE_ENV: audit_db.name}
+    launcher = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'app.audit.indexer'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", launcher, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(await parent.stdout.readline())
+        log = AuditLog(window=0)
+        await log.start(audit_db)
+        try:
+            await append_many(log, 20)
+            assert await _indexed_through(audit_db, log.head_seq)
+        finally:
+            await log.stop()
+        parent.kill()  # as a server killed outright: no shutdown, no SIGTERM to the child
+        await parent.wait()
+        deadline = time.monotonic() + 5
+        while _alive(child):
+            assert time.monotonic() < deadline, "the indexer outlived its parent"
+            await asyncio.sleep(0.05)
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+
+
+async def test_appends_wait_while_the_index_is_too_far_behind(audit_db: Db) -> None:
+    # No indexer runs: the server's guard alone sees the backlog pass twice its bound.
+    log = AuditLog(window=0)
+    await log.start(audit_db)
+    index = AuditIndex(audit_db)
+    index.guard(log, interval_s=0.02, max_backlog=10)
+    try:
+        await append_many(log, 30)
+        for _ in range(100):
+            if log.holding:
+                break
+            await asyncio.sleep(0.02)
+        assert log.holding
+        await index.catch_up()  # what the indexer process does
+        for _ in range(100):
+            if not log.holding:
+                break
+            await asyncio.sleep(0.02)
+        assert not log.holding
+    finally:
+        await index.stop()
+        await log.stop()
+
+
+async def test_a_server_indexes_its_audit_events_without_an_auditor_asking(
+    hestia: RunningServer, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    async with httpx.AsyncClient(base_url=hestia.fhir, timeout=30) as fhir:
+        for _ in range(20):
+            assert (await fhir.get("/metadata")).status_code == 200
+    audit = mongo[audit_database_name("hestia")]
+    assert await _indexed_through(audit, await head_seq(audit))
+    assert _indexers_of(hestia.process.pid), "the server runs no indexer process"
+
+
+def _indexers_of(server: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if ppid == server and b"app.audit.indexer" in cmdline:
+            found.append(int(proc.name))
+    return found
