@@ -86,6 +86,16 @@ async def status(settings: Settings) -> int:
 
         for name, why in await PairKeys.not_used_yet(database.db, stored):
             print(f"pair keys of {name}: not used yet ({why}; a running server fills them in)")
+        from app.audit.chain import audit_database_name
+        from app.audit.journal import head_seq
+        from app.audit.projection import AuditIndex
+
+        audit = database.client[audit_database_name(settings.database)]
+        events, indexed = await head_seq(audit), await AuditIndex(audit).watermark()
+        print(
+            f"audit log: {events} events, {indexed} indexed for auditors "
+            f"({events - indexed} behind)"
+        )
     finally:
         await database.close()
     return 0

@@ -154,3 +154,33 @@ def _indexers_of(server: int) -> list[int]:
         if ppid == server and b"app.audit.indexer" in cmdline:
             found.append(int(proc.name))
     return found
+
+
+async def test_hestia_status_tells_how_far_the_index_is_behind(
+    database: EmbeddedServer, mongo: AsyncMongoClient[dict[str, Any]], tmp_path: Path
+) -> None:
+    name = f"status_{os.getpid()}_{int(time.monotonic() * 1000)}"
+    audit = mongo[audit_database_name(name)]
+    log = AuditLog(window=0)
+    await log.start(audit)
+    try:
+        await append_many(log, 30)
+    finally:
+        await log.stop()
+    assert await AuditIndex(audit).catch_up(limit=10) == 10
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "status",
+        "--mongodb-uri",
+        database.uri,
+        "--data-dir",
+        str(tmp_path),
+        cwd=ROOT,
+        env={**os.environ, "HESTIA_DATABASE": name},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == 0
+    assert "audit log: 30 events, 10 indexed for auditors (20 behind)" in out.decode()
