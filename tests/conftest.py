@@ -6,6 +6,7 @@ over the MongoDB wire protocol. Nothing is mocked.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -90,3 +91,23 @@ def hestia(
 def fhir(hestia: RunningServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=hestia.fhir, timeout=30) as client:
         yield client
+
+
+async def hestia_status(uri: str, data_dir: Path, database: str) -> str:
+    """What `hestia status` prints for `database` on the server at `uri`."""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        "status",
+        "--mongodb-uri",
+        uri,
+        "--data-dir",
+        str(data_dir),
+        cwd=ROOT,
+        env={**os.environ, "HESTIA_DATABASE": database},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == 0
+    return out.decode()

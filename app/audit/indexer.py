@@ -31,6 +31,7 @@ from datetime import UTC
 from pymongo import AsyncMongoClient
 
 from app.audit.projection import AuditIndex
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger("hestia.audit")
 
@@ -102,10 +103,7 @@ class IndexerProcess:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
             process.terminate()

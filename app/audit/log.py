@@ -49,6 +49,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, link
 from app.audit.events import JsonDict
 from app.audit.journal import MAX_BLOCK_EVENTS, block_of, ensure_journal_indexes, read_head
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger("hestia.audit")
 
@@ -185,9 +186,7 @@ class AuditLog:
         try:
             await asyncio.wait_for(task, self.timeout)
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._fail_queued(AuditUnavailable("the audit log stopped"))
 
     async def append(self, event: JsonDict) -> int:

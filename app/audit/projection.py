@@ -24,7 +24,6 @@ it (a changed, forged or deleted index document is reported like a broken link).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from pymongo.errors import BulkWriteError
 
 from app.audit.chain import EVENTS, indexed, seq_key
 from app.audit.journal import checkpoint_seq, located_events
+from app.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from app.audit.log import AuditLog
@@ -164,10 +164,7 @@ class AuditIndex:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _follow(self, writer: AuditLog, pacing: Pacing, interval_s: float) -> None:
         loop = asyncio.get_running_loop()

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from app.tasks import cancel_and_wait
+
 log = logging.getLogger("hestia.store.changes")
 
 Doc = dict[str, Any]
@@ -62,11 +64,8 @@ class ChangeFeed:
         return self.live
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PyMongoError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task, PyMongoError)
+        self._task = None
         self._set_live(False)
 
     async def _follow(self) -> None:

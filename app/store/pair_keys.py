@@ -30,7 +30,6 @@ feed starting (well under a second) is caught only by another instance's feed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ from pymongo.errors import PyMongoError
 from app.fhir.search.pairs import CODE, PAIR_FIELD, PAIR_KEY, PATIENT, pair_types, pair_values
 from app.store.changes import ChangeFeed
 from app.store.versions import Store
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger("hestia.store.pair_keys")
 
@@ -117,9 +117,7 @@ class PairKeys:
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     # -- change feed subscriber ---------------------------------------------------------------
 

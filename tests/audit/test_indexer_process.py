@@ -23,7 +23,7 @@ from app.audit.projection import AuditIndex
 from app.store.client import EmbeddedServer
 from tests.audit.conftest import Db
 from tests.audit.test_log import append_many
-from tests.conftest import ROOT, RunningServer
+from tests.conftest import ROOT, RunningServer, hestia_status
 
 
 def _alive(pid: int) -> bool:
@@ -168,19 +168,5 @@ async def test_hestia_status_tells_how_far_the_index_is_behind(
     finally:
         await log.stop()
     assert await AuditIndex(audit).catch_up(limit=10) == 10
-    done = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app",
-        "status",
-        "--mongodb-uri",
-        database.uri,
-        "--data-dir",
-        str(tmp_path),
-        cwd=ROOT,
-        env={**os.environ, "HESTIA_DATABASE": name},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await done.communicate()
-    assert done.returncode == 0
-    assert "audit log: 30 events, 10 indexed for auditors (20 behind)" in out.decode()
+    printed = await hestia_status(database.uri, tmp_path, name)
+    assert "audit log: 30 events, 10 indexed for auditors (20 behind)" in printed

@@ -9,8 +9,6 @@ index; and a store written before they existed must get them by the backfill
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from app.store.changes import ChangeFeed
 from app.store.client import EmbeddedServer
 from app.store.pair_keys import LACKING_THE_KEY, STATE, PairKeys
 from app.store.versions import Store
+from tests.conftest import hestia_status
 from tests.search.conftest import (
     BASE,
     LOINC,
@@ -417,21 +416,7 @@ async def test_hestia_status_names_the_types_whose_keys_are_not_used_yet(
     await state.update_one({"_id": "Condition"}, {"$set": {"complete": False, "stale_writes": 2}})
 
     async def status() -> str:
-        done = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app",
-            "status",
-            "--mongodb-uri",
-            database.uri,
-            "--data-dir",
-            str(tmp_path),
-            env={**os.environ, "HESTIA_DATABASE": world.store.db.name},
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await done.communicate()
-        assert done.returncode == 0
-        return out.decode()
+        return await hestia_status(database.uri, tmp_path, world.store.db.name)
 
     printed = await status()
     assert "pair keys of Observation: not used yet (backfill not complete;" in printed

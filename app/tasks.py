@@ -1,0 +1,17 @@
+"""Stopping background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None, *also: type[BaseException]) -> None:
+    """Cancel `task` (None: nothing to do) and wait until it has finished. Its cancellation
+    and the exceptions in `also` end here; any other exception it ended with is raised."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, *also):
+        await task
