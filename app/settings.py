@@ -24,6 +24,16 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+AUDIT_INDEXERS = ("process", "in-process")
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"HESTIA_{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def _env_origins(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     """`*`, comma-separated origins, or `off`; origins lose a trailing slash, since browsers
     send `scheme://host[:port]` and CORS compares exactly."""
@@ -114,7 +124,7 @@ class Settings:
             audit_window_ms=_env_int("AUDIT_WINDOW_MS", cls.audit_window_ms),
             audit_timeout_s=float(_env("AUDIT_TIMEOUT_S", str(cls.audit_timeout_s))),
             audit_search_indexes=_env_bool("AUDIT_SEARCH_INDEXES", cls.audit_search_indexes),
-            audit_indexer=_env("AUDIT_INDEXER", cls.audit_indexer),
+            audit_indexer=_env_choice("AUDIT_INDEXER", cls.audit_indexer, AUDIT_INDEXERS),
             audit_source=_env("AUDIT_SOURCE", ""),
             log_level=_env("LOG_LEVEL", cls.log_level),
         )

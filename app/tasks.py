@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 
@@ -13,5 +12,11 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *also: type[BaseExcept
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, *also):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled: that must go on
+    except also:
+        pass

@@ -14,6 +14,7 @@ Index extraction, the CPU-heavy part, runs in a process pool.
 from __future__ import annotations
 
 import random
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from app.fhir import model
 from app.fhir.indexing import index_resource
 from app.store.indexes import ensure_search_indexes
+from app.store.store_format import FORMAT
 from app.store.versions import Store, WriteBatch, WriteSpec, instant, now_utc
 
 JsonDict = dict[str, Any]
@@ -224,6 +226,14 @@ async def load(
     store = Store(db)
     marker = await db["bench_meta"].find_one({"_id": MARKER})
     if marker is not None and marker.get("patients") == patients and marker.get("seed") == seed:
+        if marker.get("format", 1) != FORMAT:
+            # Still read (bodies of every format are), but not what this code would write.
+            print(
+                f"warning: this store was loaded in store format {marker.get('format', 1)}, "
+                f"this code writes format {FORMAT}: load a new one to measure the current "
+                "layout",
+                file=sys.stderr,
+            )
         # The index definitions may have changed since the store was loaded.
         await ensure_search_indexes(store, list(TYPES))
         return LoadReport(
@@ -251,6 +261,7 @@ async def load(
         {
             "patients": patients,
             "seed": seed,
+            "format": FORMAT,
             "resources": total,
             "seconds": seconds,
             "index": index_seconds,

@@ -7,9 +7,10 @@ in its own process (docs/performance.md, "Auditing"). There, at a lower scheduli
 it runs on whatever CPU the requests leave, and the operating system decides when that is.
 `HESTIA_AUDIT_INDEXER=in-process` keeps the old way (projection.py's pacing).
 
-The server starts one per worker (`IndexerProcess`), starts it again if it fails, and stops it
-on shutdown; the indexer also stops by itself when its parent is gone (a server killed
-outright).
+The server starts one per worker (`IndexerProcess`), starts it again whenever it ends, and
+stops it on shutdown; the indexer also stops by itself when its server is gone (one killed
+outright). With `--workers N` that is N indexers doing the same work, all but one losing each
+insert on a duplicate key: wasted, not wrong.
 Several indexers on one audit database are safe: the index is a contiguous prefix of the
 chain, and an insert that meets an event another indexer wrote first stops there. What the
 server keeps is the bound on the backlog (AuditIndex.guard): appends wait while the index is
@@ -37,6 +38,8 @@ log = logging.getLogger("hestia.audit")
 
 URI_ENV = "HESTIA_MONGODB_URI"
 DATABASE_ENV = "HESTIA_AUDIT_DATABASE"
+# The server process: named by the server, so a server gone before the indexer looks is seen.
+PARENT_ENV = "HESTIA_AUDIT_INDEXER_PARENT"
 # Below the server's priority: requests first, indexing with what they leave.
 NICENESS = 5
 IDLE_S = 0.05
@@ -56,8 +59,7 @@ async def follow_journal(index: AuditIndex, *, parent: int, idle_s: float = IDLE
             await asyncio.sleep(idle_s)
 
 
-async def _main(uri: str, database: str) -> None:
-    parent = os.getppid()
+async def _main(uri: str, database: str, parent: int) -> None:
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True, tzinfo=UTC)
     try:
         await follow_journal(AuditIndex(client[database]), parent=parent)
@@ -69,9 +71,15 @@ class IndexerProcess:
     """Keeps one indexer process running beside this server process."""
 
     def __init__(self, uri: str, database: str) -> None:
-        self._env = {**os.environ, URI_ENV: uri, DATABASE_ENV: database}
+        self._env = {
+            **os.environ,
+            URI_ENV: uri,
+            DATABASE_ENV: database,
+            PARENT_ENV: str(os.getpid()),
+        }
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.starts = 0
 
     @property
@@ -89,40 +97,52 @@ class IndexerProcess:
         self.starts += 1
 
     async def _supervise(self) -> None:
-        while True:
-            assert self._process is not None
-            code = await self._process.wait()
-            if code == 0:
-                # Asked to stop (SIGTERM, as to the whole process group when the server is
-                # stopped): the server's own shutdown follows.
-                log.info("the audit indexer stopped")
-                return
-            log.warning("the audit indexer exited (%s); starting it again", code)
+        """Start the indexer again whenever it ends, however it ends, until `stop`: while none
+        runs, the backlog grows until appends wait (AuditIndex.guard)."""
+        while not self._stopping:
+            process = self._process
+            if process is not None:
+                code = await process.wait()
+                # 0: asked to stop, as by a Ctrl-C to the whole process group (the server's
+                # own shutdown then follows and ends this loop); anything else is a failure.
+                log.log(
+                    logging.INFO if code == 0 else logging.WARNING,
+                    "the audit indexer exited (%s); starting it again",
+                    code,
+                )
             await asyncio.sleep(RESTART_AFTER_S)
-            await self._spawn()
+            try:
+                await self._spawn()
+            except OSError as exc:  # e.g. no process slots left: try again later
+                self._process = None
+                log.error("the audit indexer could not be started (%s)", exc)
 
     async def stop(self) -> None:
+        self._stopping = True
         task, self._task = self._task, None
-        await cancel_and_wait(task)
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 5)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        try:
+            await cancel_and_wait(task)
+        finally:
+            process, self._process = self._process, None
+            if process is not None and process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 5)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
 
 
 def main() -> None:
     uri, database = os.environ.get(URI_ENV), os.environ.get(DATABASE_ENV)
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
     if not uri or not database:
         sys.exit(f"usage: {URI_ENV}=… {DATABASE_ENV}=… python -m app.audit.indexer")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.nice(NICENESS)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(uri, database))
+        asyncio.run(_main(uri, database, parent))
 
 
 if __name__ == "__main__":

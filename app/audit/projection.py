@@ -144,9 +144,12 @@ class AuditIndex:
         )
 
     async def _guard(self, writer: AuditLog, pacing: Pacing, interval_s: float) -> None:
+        """Hold appends past twice the bound, and let them go once the index is back under the
+        bound itself (not just under twice it, or load at the bound would flap), looking
+        often while they wait."""
         try:
             while True:
-                await asyncio.sleep(interval_s)
+                await asyncio.sleep(interval_s / 10 if writer.holding else interval_s)
                 try:
                     backlog = writer.head_seq - await self.watermark()
                 except asyncio.CancelledError:
@@ -157,7 +160,7 @@ class AuditIndex:
                     continue
                 if backlog > pacing.hold_above:
                     writer.hold()
-                else:
+                elif backlog <= pacing.max_backlog:
                     writer.release()
         finally:
             writer.release()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 FORMAT = 2
 COLLECTION = "store_format"
@@ -35,7 +36,16 @@ async def claim_format(db: AsyncDatabase[Any]) -> int:
     """Record that this version writes the store (format FORMAT), unless a newer one does."""
     found = await stored_format(db)
     if found <= FORMAT:
-        await db[COLLECTION].update_one({"_id": _RECORD}, {"$max": {"format": FORMAT}}, upsert=True)
+        for attempt in range(2):
+            try:
+                await db[COLLECTION].update_one(
+                    {"_id": _RECORD}, {"$max": {"format": FORMAT}}, upsert=True
+                )
+                break
+            except DuplicateKeyError:
+                # Another worker starting at the same moment inserted it: update it instead.
+                if attempt:
+                    raise
         # A newer server may have claimed between the read and the update.
         found = await stored_format(db)
     if found > FORMAT:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pymongo import AsyncMongoClient
 
 from app.audit.chain import audit_database_name
@@ -20,6 +21,7 @@ from app.audit.indexer import DATABASE_ENV, URI_ENV, IndexerProcess
 from app.audit.journal import head_seq
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
+from app.settings import Settings
 from app.store.client import EmbeddedServer
 from tests.audit.conftest import Db
 from tests.audit.test_log import append_many
@@ -64,6 +66,16 @@ async def test_the_indexer_is_started_again_when_it_fails(
         assert indexer.starts == 2 and indexer.pid != first
         await append_many(log, 30, start=100)
         assert await _indexed_through(audit_db, log.head_seq)
+        # Asked to stop on its own (a clean exit), it is started again too: only the server's
+        # shutdown ends it.
+        second = indexer.pid
+        assert second is not None
+        os.kill(second, signal.SIGTERM)
+        for _ in range(100):
+            if indexer.starts == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert indexer.starts == 3 and indexer.pid != second
     finally:
         pid = indexer.pid
         await indexer.stop()
@@ -119,6 +131,10 @@ async def test_appends_wait_while_the_index_is_too_far_behind(audit_db: Db) -> N
                 break
             await asyncio.sleep(0.02)
         assert log.holding
+        # Back under twice the bound (20) but not under the bound (10): appends still wait.
+        await index.catch_up(limit=15)
+        await asyncio.sleep(0.1)
+        assert log.holding
         await index.catch_up()  # what the indexer process does
         for _ in range(100):
             if not log.holding:
@@ -170,3 +186,11 @@ async def test_hestia_status_tells_how_far_the_index_is_behind(
     assert await AuditIndex(audit).catch_up(limit=10) == 10
     printed = await hestia_status(database.uri, tmp_path, name)
     assert "audit log: 30 events, 10 indexed for auditors (20 behind)" in printed
+
+
+def test_an_unknown_indexer_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HESTIA_AUDIT_INDEXER", "inprocess")
+    with pytest.raises(ValueError, match="HESTIA_AUDIT_INDEXER must be one of process, in-process"):
+        Settings.from_env()
+    monkeypatch.setenv("HESTIA_AUDIT_INDEXER", "In-Process")
+    assert Settings.from_env().audit_indexer == "in-process"
