@@ -46,6 +46,17 @@ async def _indexed_through(db: Db, seq: int, seconds: float = 10.0) -> bool:
     return False
 
 
+async def _ends_and_comes_back(indexer: IndexerProcess, how: signal.Signals) -> None:
+    before, starts = indexer.pid, indexer.starts
+    assert before is not None
+    os.kill(before, how)
+    for _ in range(100):
+        if indexer.starts > starts:
+            break
+        await asyncio.sleep(0.05)
+    assert indexer.starts == starts + 1 and indexer.pid != before
+
+
 async def test_the_indexer_is_started_again_when_it_fails(
     database: EmbeddedServer, audit_db: Db
 ) -> None:
@@ -56,26 +67,12 @@ async def test_the_indexer_is_started_again_when_it_fails(
     try:
         await append_many(log, 30)
         assert await _indexed_through(audit_db, log.head_seq)
-        first = indexer.pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        for _ in range(100):
-            if indexer.starts == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert indexer.starts == 2 and indexer.pid != first
+        await _ends_and_comes_back(indexer, signal.SIGKILL)
         await append_many(log, 30, start=100)
         assert await _indexed_through(audit_db, log.head_seq)
         # Asked to stop on its own (a clean exit), it is started again too: only the server's
         # shutdown ends it.
-        second = indexer.pid
-        assert second is not None
-        os.kill(second, signal.SIGTERM)
-        for _ in range(100):
-            if indexer.starts == 3:
-                break
-            await asyncio.sleep(0.05)
-        assert indexer.starts == 3 and indexer.pid != second
+        await _ends_and_comes_back(indexer, signal.SIGTERM)
     finally:
         pid = indexer.pid
         await indexer.stop()
