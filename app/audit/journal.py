@@ -119,7 +119,27 @@ async def read_head(
             return known
         newest = max(newer, key=lambda block: int(block["last"]))
         return int(newest["last"]), str(newest["hash"])
-    floor = await latest_checkpoint(checkpoints)
+    # A purge inserts its checkpoint before it deletes the blocks behind it. Searched from an
+    # older checkpoint, the deleted blocks look like the end of the chain, and a writer that
+    # chained there would fork it: so a search counts only if the checkpoint did not move.
+    while True:
+        floor = await latest_checkpoint(checkpoints)
+        head = await _head_after(journal, floor)
+        if _same_checkpoint(floor, await latest_checkpoint(checkpoints)):
+            if head is None:  # only if the journal lost blocks while we looked: verify reports it
+                raise UnreadableBlock("the audit journal lost blocks while its head was read")
+            return head
+
+
+def _same_checkpoint(one: JsonDict | None, other: JsonDict | None) -> bool:
+    return (one or {}).get("_id") == (other or {}).get("_id")
+
+
+async def _head_after(
+    journal: AsyncCollection[JsonDict], floor: JsonDict | None
+) -> tuple[int, str] | None:
+    """The newest journaled event after checkpoint `floor` (or the floor itself); None if the
+    journal changed under the search in a way only a purge explains."""
     floor_head = (int(floor["through_seq"]), str(floor["anchor"])) if floor else (0, GENESIS)
     last = await _newest_seq(journal, floor_head[0])
     if last is None:
@@ -132,8 +152,8 @@ async def read_head(
         {"last": 1, "hash": 1},
         sort=[("last", DESCENDING)],
     )
-    if block is None:  # only if the journal lost blocks while we looked: verify reports it
-        raise UnreadableBlock(f"the audit journal holds event {last} but no block of it")
+    if block is None:
+        return None
     return int(block["last"]), str(block["hash"])
 
 
