@@ -79,7 +79,6 @@ class IndexerProcess:
         }
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self.starts = 0
 
     @property
@@ -99,7 +98,7 @@ class IndexerProcess:
     async def _supervise(self) -> None:
         """Start the indexer again whenever it ends, however it ends, until `stop`: while none
         runs, the backlog grows until appends wait (AuditIndex.guard)."""
-        while not self._stopping:
+        while True:
             process = self._process
             if process is not None:
                 code = await process.wait()
@@ -118,7 +117,6 @@ class IndexerProcess:
                 log.error("the audit indexer could not be started (%s)", exc)
 
     async def stop(self) -> None:
-        self._stopping = True
         task, self._task = self._task, None
         try:
             await cancel_and_wait(task)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import random
@@ -270,15 +269,8 @@ class AuditLog:
     async def _insert_block(self, events: list[JsonDict], batch_id: str) -> list[int]:
         assert self._journal is not None
         deadline = time.monotonic() + self.timeout
-        for attempt in itertools.count():
-            if attempt:
-                if time.monotonic() > deadline:
-                    raise AuditUnavailable("the audit chain is too contended to append")
-                # Writers that lost the same race would all retry at once, and all but one
-                # lose again: spread them out, further the more often they lost (capped, so a
-                # writer that lost often is not left behind the ones that just arrived).
-                spread = min(CONFLICT_BACKOFF_S * 2**attempt, MAX_CONFLICT_BACKOFF_S)
-                await asyncio.sleep(random.uniform(0, spread))
+        lost = 0
+        while True:
             head_seq, head_hash = await self._current_head()
             documents = link(events, head_seq, head_hash, batch=batch_id, writer=self.writer_id)
             try:
@@ -287,6 +279,14 @@ class AuditLog:
                 # Another writer took the next seq: learn the new head and chain after it.
                 self.stats.conflicts += 1
                 self._head_at = 0.0
+                lost += 1
+                if time.monotonic() > deadline:
+                    raise AuditUnavailable("the audit chain is too contended to append") from None
+                # Writers that lost the same race would all retry at once, and all but one
+                # lose again: spread them out, further the more often they lost (capped, so a
+                # writer that lost often is not left behind the ones that just arrived).
+                spread = min(CONFLICT_BACKOFF_S * 2**lost, MAX_CONFLICT_BACKOFF_S)
+                await asyncio.sleep(random.uniform(0, spread))
                 continue
             except PyMongoError:
                 # The block may or may not have landed: learn the head again next time.
@@ -296,7 +296,6 @@ class AuditLog:
             self._head = (int(last["_id"]), last["hash"])
             self._head_at = time.monotonic()
             return [int(d["_id"]) for d in documents]
-        raise AssertionError("unreachable")
 
     async def _current_head(self) -> tuple[int, str]:
         """The head to chain after. A head this writer knows is re-checked (cheaply: only

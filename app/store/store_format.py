@@ -34,20 +34,18 @@ async def stored_format(db: AsyncDatabase[Any]) -> int:
 
 async def claim_format(db: AsyncDatabase[Any]) -> int:
     """Record that this version writes the store (format FORMAT), unless a newer one does."""
+    for attempt in range(2):
+        try:
+            # `$max` never lowers it: a newer server's claim stays, and is read back below.
+            await db[COLLECTION].update_one(
+                {"_id": _RECORD}, {"$max": {"format": FORMAT}}, upsert=True
+            )
+            break
+        except DuplicateKeyError:
+            # Another worker starting at the same moment inserted it: update it instead.
+            if attempt:
+                raise
     found = await stored_format(db)
-    if found <= FORMAT:
-        for attempt in range(2):
-            try:
-                await db[COLLECTION].update_one(
-                    {"_id": _RECORD}, {"$max": {"format": FORMAT}}, upsert=True
-                )
-                break
-            except DuplicateKeyError:
-                # Another worker starting at the same moment inserted it: update it instead.
-                if attempt:
-                    raise
-        # A newer server may have claimed between the read and the update.
-        found = await stored_format(db)
     if found > FORMAT:
         raise NewerStoreFormat(
             f"This database holds store format {found}, written by a newer version of Hestia; "
