@@ -150,6 +150,7 @@ def serve(settings: Settings, workers: int) -> int:
     # installed before it started: make that an orderly exit so the `finally` below runs.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
+    relay = None
     try:
         if workers <= 1:
             uvicorn.run(create_app(settings), **options)
@@ -158,8 +159,18 @@ def serve(settings: Settings, workers: int) -> int:
             os.environ["HESTIA_MONGODB_URI"] = settings.mongodb_uri
             os.environ["HESTIA_DATA_DIR"] = str(settings.data_dir)
             os.environ["HESTIA_MLLP_PORT"] = str(settings.mllp_port)
+            if settings.audit:
+                from app.audit.relay_process import RelayProcess
+
+                # One writer for the host's chain: workers writing it each for themselves
+                # contend for every seq (app/audit/relay.py).
+                relay = RelayProcess(settings)
+                relay.start()
+                os.environ["HESTIA_AUDIT_RELAY"] = relay.path
             uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
     finally:
+        if relay is not None:
+            relay.stop()
         if embedded is not None:
             embedded.stop()
     return 0

@@ -25,6 +25,7 @@ from app.audit.indexer import IndexerProcess
 from app.audit.journal import HYDRATE_FIELDS, resources_of
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
+from app.audit.relay import RelayClient
 from app.context import Services
 from app.fhir import model
 from app.fhir.interactions import Interactions
@@ -61,15 +62,16 @@ log = logging.getLogger("hestia")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
 
-    audit_log = (
-        AuditLog(
+    audit_log: AuditLog | RelayClient | None = None
+    if settings.audit and settings.audit_relay:
+        # One of several workers: the host's relay writes the chain and indexes it.
+        audit_log = RelayClient(settings.audit_relay, timeout=settings.audit_timeout_s)
+    elif settings.audit:
+        audit_log = AuditLog(
             window=settings.audit_window_ms / 1000,
             timeout=settings.audit_timeout_s,
             search_indexes=settings.audit_search_indexes,
         )
-        if settings.audit
-        else None
-    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,9 +116,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             audit_database = database.client[audit_database_name(settings.database)]
             audit_store = Store(audit_database)
             audit_index = AuditIndex(audit_database)
-            if audit_log is not None and settings.audit_indexer == "in-process":
+            if not isinstance(audit_log, AuditLog):
+                pass  # no audit, or the relay indexes
+            elif settings.audit_indexer == "in-process":
                 audit_index.follow(audit_log)
-            elif audit_log is not None:
+            else:
                 indexer = IndexerProcess(database.uri, audit_database.name)
                 await indexer.start()
                 audit_index.guard(audit_log)

@@ -89,6 +89,9 @@ class Settings:
     # Who indexes AuditEvents for auditors: a process beside each worker (app/audit/indexer.py)
     # or the worker itself ("in-process", projection.py's pacing).
     audit_indexer: str = "process"
+    # The socket of the host's audit relay (app/audit/relay.py): set by `hestia serve --workers
+    # N` for its workers, which then append through it instead of each writing the chain.
+    audit_relay: str = ""
     audit_source: str = ""
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +128,7 @@ class Settings:
             audit_timeout_s=float(_env("AUDIT_TIMEOUT_S", str(cls.audit_timeout_s))),
             audit_search_indexes=_env_bool("AUDIT_SEARCH_INDEXES", cls.audit_search_indexes),
             audit_indexer=_env_choice("AUDIT_INDEXER", cls.audit_indexer, AUDIT_INDEXERS),
+            audit_relay=_env("AUDIT_RELAY", ""),
             audit_source=_env("AUDIT_SOURCE", ""),
             log_level=_env("LOG_LEVEL", cls.log_level),
         )

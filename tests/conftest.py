@@ -35,12 +35,17 @@ class RunningServer:
         return f"{self.base}/fhir"
 
 
-def start_hestia(tmp: Path, env_extra: dict[str, str], *, name: str = "hestia") -> RunningServer:
+def start_hestia(
+    tmp: Path, env_extra: dict[str, str], *, name: str = "hestia", workers: int = 1
+) -> RunningServer:
     port = free_port()
     log = tmp / f"{name}.log"
     env = {**os.environ, "HESTIA_AUTH": "off", **env_extra}
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir", str(tmp / name)],
+        [
+            *(sys.executable, "-m", "app", "serve", "--port", str(port)),
+            *("--data-dir", str(tmp / name), "--workers", str(workers)),
+        ],
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.infer import infer_facts
-from app.audit.log import AuditLog, AuditUnavailable
+from app.audit.log import AuditAppender, AuditUnavailable
 from app.fhir.outcome import ServiceUnavailable
 
 log = logging.getLogger("hestia.audit")
@@ -50,7 +50,7 @@ class AuditMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        log: AuditLog,
+        log: AuditAppender,
         source_name: str,
         *,
         prefixes: Sequence[str] = DEFAULT_PREFIXES,

@@ -7,14 +7,15 @@ in its own process (docs/performance.md, "Auditing"). There, at a lower scheduli
 it runs on whatever CPU the requests leave, and the operating system decides when that is.
 `HESTIA_AUDIT_INDEXER=in-process` keeps the old way (projection.py's pacing).
 
-The server starts one per worker (`IndexerProcess`), starts it again whenever it ends, and
-stops it on shutdown; the indexer also stops by itself when its server is gone (one killed
-outright). With `--workers N` that is N indexers doing the same work, all but one losing each
-insert on a duplicate key: wasted, not wrong.
-Several indexers on one audit database are safe: the index is a contiguous prefix of the
-chain, and an insert that meets an event another indexer wrote first stops there. What the
-server keeps is the bound on the backlog (AuditIndex.guard): appends wait while the index is
-too far behind, as they did when the server indexed.
+The process that writes the chain starts it (`IndexerProcess`): a single-worker server, or with
+`--workers N` the host's audit relay (relay_process.py), so a host runs one indexer. It is
+started again whenever it ends and stopped on shutdown; it also stops by itself when the
+process that started it is gone (one killed outright).
+Several indexers (several hosts) on one audit database are safe: the index is a contiguous
+prefix of the chain, and an insert that meets an event another indexer wrote first stops
+there: wasted work, not wrong. What the writer keeps is the bound on the backlog
+(AuditIndex.guard): appends wait while the index is too far behind, as they did when the
+server indexed.
 
     python -m app.audit.indexer   # reads HESTIA_MONGODB_URI and HESTIA_AUDIT_DATABASE
 """

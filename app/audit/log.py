@@ -37,7 +37,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pymongo
 from pymongo import ASCENDING, DESCENDING, WriteConcern
@@ -75,6 +75,12 @@ db.createRole({role: "hestiaAuditOperator",
                 actions: ["find", "insert"]}],
   roles: []});
 """
+
+
+class AuditAppender(Protocol):
+    """What records accesses: an AuditLog, or a worker's RelayClient (relay.py)."""
+
+    async def append_all(self, events: list[JsonDict]) -> list[int]: ...
 
 
 class AuditUnavailable(Exception):

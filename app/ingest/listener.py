@@ -4,7 +4,7 @@ audited before its ACK leaves (an MLLP message is an access like an HTTP request
 from __future__ import annotations
 
 from app.audit.events import AuditFacts, AuditSource, build_events
-from app.audit.log import AuditLog
+from app.audit.log import AuditAppender
 from app.ingest.mllp import MllpServer, MllpSettings
 from app.ingest.service import Hl7v2Ingestor
 
@@ -33,7 +33,7 @@ def control_id(message: bytes) -> str | None:
 def audited_mllp_server(
     ingestor: Hl7v2Ingestor,
     settings: MllpSettings,
-    audit_log: AuditLog | None,
+    audit_log: AuditAppender | None,
     source: AuditSource,
 ) -> MllpServer:
     async def on_message(payload: bytes, peer: str | None) -> bytes:
