@@ -88,10 +88,19 @@ class RelayServer:
         answering: set[asyncio.Task[None]] = set()
 
         async def answer(request_id: int, events: list[JsonDict]) -> None:
+            if not all(
+                isinstance(e, dict) and e.get("resourceType") == "AuditEvent" for e in events
+            ):
+                # Checked here: in the log's group commit it would fail other requests' events.
+                writer.write(frame([request_id, None, "the relay takes AuditEvents only"]))
+                return
             try:
                 reply: list[Any] = [request_id, await self.audit_log.append_all(events)]
             except AuditUnavailable as exc:
                 reply = [request_id, None, str(exc)]
+            except Exception as exc:  # events the chain cannot take: refuse them, stay up
+                log.error("audit relay: could not append (%s)", type(exc).__name__)
+                reply = [request_id, None, "the audit relay could not append these events"]
             if not writer.is_closing():
                 writer.write(frame(reply))
 

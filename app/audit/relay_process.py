@@ -172,8 +172,11 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_relay(settings, path, parent=parent))
+    # A Ctrl-C reaches the whole process group. The workers still answer the requests they
+    # hold while they shut down, and those need their events: this process ends when `hestia
+    # serve` stops it (SIGTERM) after the workers, or once `hestia serve` is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(run_relay(settings, path, parent=parent))
 
 
 if __name__ == "__main__":

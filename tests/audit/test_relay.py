@@ -15,7 +15,7 @@ import pytest
 
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.log import AuditLog, AuditUnavailable
-from app.audit.relay import RelayClient, RelayServer, frame
+from app.audit.relay import RelayClient, RelayServer, frame, read_frame
 from app.audit.verify import verify_chain
 from tests.audit.conftest import Db, stored
 
@@ -178,3 +178,21 @@ async def test_garbage_on_the_socket_drops_that_connection_only(
         assert await worker.append(read_event("after-garbage")) == 1
         await worker.stop()
     assert len(await stored(audit_db)) == 1
+
+
+async def test_events_the_chain_cannot_take_are_refused_alone(
+    audit_log: AuditLog, audit_db: Db, socket_path: Path
+) -> None:
+    async with relay(audit_log, socket_path):
+        worker = RelayClient(str(socket_path))
+        await worker.start()
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        writer.write(frame([7, [42]]))  # not an event, sent beside a real one
+        seq = await worker.append(read_event("beside"))
+        assert await read_frame(reader) == [7, None, "the relay takes AuditEvents only"]
+        writer.close()
+        # The real event was not refused with it, and the relay stays up.
+        assert seq == 1
+        assert await worker.append(read_event("after")) == 2
+        await worker.stop()
+    assert len(await stored(audit_db)) == 2
