@@ -159,6 +159,7 @@ def serve(settings: Settings, workers: int) -> int:
             os.environ["HESTIA_MONGODB_URI"] = settings.mongodb_uri
             os.environ["HESTIA_DATA_DIR"] = str(settings.data_dir)
             os.environ["HESTIA_MLLP_PORT"] = str(settings.mllp_port)
+            os.environ["HESTIA_SUPERVISOR_PID"] = str(os.getpid())  # app/supervisor.py
             if settings.audit:
                 from app.audit.relay_process import RelayProcess
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,6 +56,8 @@ from app.store.raw import RawStore
 from app.store.store_format import claim_format
 from app.store.versions import Store, instant, now_utc
 from app.store.write_clock import WriteClock
+from app.supervisor import stop_when_orphaned, supervisor_pid
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger("hestia")
 
@@ -182,10 +185,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     AuditSource(settings.audit_source or settings.fhir_base),
                 )
                 await mllp.start()
+            supervisor = supervisor_pid()
+            watch = (
+                asyncio.create_task(stop_when_orphaned(supervisor), name="supervisor-watch")
+                if supervisor is not None
+                else None
+            )
             try:
                 with serving_heap():
                     yield
             finally:
+                await cancel_and_wait(watch)
                 if mllp is not None:
                     await mllp.stop()
         finally:

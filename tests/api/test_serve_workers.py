@@ -129,3 +129,34 @@ def test_a_killed_relay_is_started_again_and_nothing_goes_unaudited(
     served = statuses.count(200)
     # Every read that was served has its event (the 503s are audited too, when possible).
     assert len(journal_writers(data_dir)) - before >= served
+
+
+def test_workers_and_relay_stop_when_serve_is_killed_outright(tmp_path: Path) -> None:
+    running = start_hestia(tmp_path, {"HESTIA_MONGODB_URI": ""}, name="killed", workers=2)
+    try:
+        children = descendants(running.process.pid)
+        workers = [p for p, c in children.items() if "multiprocessing" in c and "spawn" in c]
+        assert len(workers) == 2, children
+        relay = relay_pid(running)
+        running.process.kill()  # SIGKILL: no shutdown of its own
+        running.process.wait(10)
+        deadline = time.monotonic() + 20
+        left = [*workers, relay]
+        while left and time.monotonic() < deadline:
+            left = [p for p in left if pid_alive(p)]
+            time.sleep(0.1)
+        assert not left, f"still running after serve was killed: {left}"
+        # Nothing holds the port: a new server could take it.
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{running.fhir}/metadata", timeout=2)
+    finally:
+        stop_hestia(running)
+
+
+def pid_alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent to collect it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
