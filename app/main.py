@@ -22,7 +22,7 @@ from app.api.errors import InternalErrorBoundary, internal_error, log_unexpected
 from app.api.http import error_response
 from app.audit.chain import audit_database_name
 from app.audit.events import AuditSource
-from app.audit.indexer import IndexerProcess
+from app.audit.indexer import IndexerProcess, index_behind
 from app.audit.journal import HYDRATE_FIELDS, resources_of
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
@@ -119,14 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             audit_database = database.client[audit_database_name(settings.database)]
             audit_store = Store(audit_database)
             audit_index = AuditIndex(audit_database)
-            if not isinstance(audit_log, AuditLog):
-                pass  # no audit, or the relay indexes
-            elif settings.audit_indexer == "in-process":
-                audit_index.follow(audit_log)
-            else:
-                indexer = IndexerProcess(database.uri, audit_database.name)
-                await indexer.start()
-                audit_index.guard(audit_log)
+            if isinstance(audit_log, AuditLog):  # not with a relay: it indexes the host's chain
+                indexer = await index_behind(
+                    audit_log, audit_index, where=settings.audit_indexer, uri=database.uri
+                )
             security = await open_security(settings, database)
             if security is not None:
                 feed.subscribe(security.revocations)

@@ -66,6 +66,15 @@ def start_hestia(
     raise RuntimeError(f"Hestia did not start:\n{log.read_text()}")
 
 
+def process_alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent to collect it (Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def stop_hestia(server: RunningServer) -> None:
     if server.process.poll() is None:
         server.process.terminate()

@@ -32,6 +32,7 @@ from datetime import UTC
 
 from pymongo import AsyncMongoClient
 
+from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.tasks import cancel_and_wait
 
@@ -130,6 +131,21 @@ class IndexerProcess:
                 except TimeoutError:
                     process.kill()
                     await process.wait()
+
+
+async def index_behind(
+    writer: AuditLog, index: AuditIndex, *, where: str, uri: str
+) -> IndexerProcess | None:
+    """Keep the auditors' index following the chain `writer` appends to: in an indexer process
+    beside it (`where="process"`, returned so it can be stopped), the writer holding appends
+    while it is too far behind, or in this process (`"in-process"`, projection.py's pacing)."""
+    if where == "in-process":
+        index.follow(writer)
+        return None
+    indexer = IndexerProcess(uri, index.database.name)
+    await indexer.start()
+    index.guard(writer)
+    return indexer
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from app.audit.chain import audit_database_name
-from app.audit.indexer import IndexerProcess
+from app.audit.indexer import IndexerProcess, index_behind
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.audit.relay import RELAY_ENV, RelayServer
@@ -59,12 +59,9 @@ async def run_relay(settings: Settings, path: str, *, parent: int) -> None:
     server = RelayServer(audit_log)
     try:
         await audit_log.start(audit_database)
-        if settings.audit_indexer == "in-process":
-            index.follow(audit_log)
-        else:
-            indexer = IndexerProcess(database.uri, audit_database.name)
-            await indexer.start()
-            index.guard(audit_log)
+        indexer = await index_behind(
+            audit_log, index, where=settings.audit_indexer, uri=database.uri
+        )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         await server.start(path)

@@ -20,7 +20,7 @@ from pymongo import MongoClient
 from app.audit.chain import JOURNAL
 from app.audit.journal import stored_events
 from app.store.client import running_server_info
-from tests.conftest import ROOT, RunningServer, start_hestia, stop_hestia
+from tests.conftest import ROOT, RunningServer, process_alive, start_hestia, stop_hestia
 
 JSON = {"Content-Type": "application/fhir+json"}
 
@@ -143,7 +143,7 @@ def test_workers_and_relay_stop_when_serve_is_killed_outright(tmp_path: Path) ->
         deadline = time.monotonic() + 20
         left = [*workers, relay]
         while left and time.monotonic() < deadline:
-            left = [p for p in left if pid_alive(p)]
+            left = [p for p in left if process_alive(p)]
             time.sleep(0.1)
         assert not left, f"still running after serve was killed: {left}"
         # Nothing holds the port: a new server could take it.
@@ -151,12 +151,3 @@ def test_workers_and_relay_stop_when_serve_is_killed_outright(tmp_path: Path) ->
             httpx.get(f"{running.fhir}/metadata", timeout=2)
     finally:
         stop_hestia(running)
-
-
-def pid_alive(pid: int) -> bool:
-    """Running, not merely a zombie waiting for its parent to collect it."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

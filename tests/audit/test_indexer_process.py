@@ -25,15 +25,7 @@ from app.settings import Settings
 from app.store.client import EmbeddedServer
 from tests.audit.conftest import Db
 from tests.audit.test_log import append_many
-from tests.conftest import ROOT, RunningServer, hestia_status
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+from tests.conftest import ROOT, RunningServer, hestia_status, process_alive
 
 
 async def _indexed_through(db: Db, seq: int, seconds: float = 10.0) -> bool:
@@ -77,7 +69,7 @@ async def test_the_indexer_is_started_again_when_it_fails(
         pid = indexer.pid
         await indexer.stop()
         await log.stop()
-    assert pid is not None and not _alive(pid)
+    assert pid is not None and not process_alive(pid)
 
 
 async def test_the_indexer_stops_when_its_parent_is_gone(
@@ -106,7 +98,7 @@ async def test_the_indexer_stops_when_its_parent_is_gone(
         parent.kill()  # as a server killed outright: no shutdown, no SIGTERM to the child
         await parent.wait()
         deadline = time.monotonic() + 5
-        while _alive(child):
+        while process_alive(child):
             assert time.monotonic() < deadline, "the indexer outlived its parent"
             await asyncio.sleep(0.05)
     finally:
