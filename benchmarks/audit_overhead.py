@@ -162,7 +162,7 @@ def read_phase(
     warm_until, deadline = start + 0.5, start + 0.5 + seconds
     parts = pool.map(
         _load_process,
-        [(base, ids, n, warm_until, deadline, 100 * i) for i, n in enumerate(per_process)],
+        [(base, {}, ids, n, warm_until, deadline, 100 * i) for i, n in enumerate(per_process)],
     )
     return [x for part in parts for x in part]
 
@@ -438,7 +438,7 @@ def run(args: argparse.Namespace, uri: str, database_pid: int | None = None) -> 
         bases = {"off": off, "on": on}
         ids = asyncio.run(load(off, args.count, 8))
         for base in bases.values():  # both start from a warm read cache
-            read_every_id_once(base, ids)
+            read_every_id_once(base, {}, ids)
         if args.loader == "wrk":
             compare_wrk(bases, ids, args, pids, database_pid)
         else:

@@ -27,14 +27,17 @@ def running_hestia(
     auth: bool = False,
     audit: bool = True,
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    data_dir: Path | None = None,
 ) -> Iterator[str]:
     """A `hestia serve` child on a free port; yields the FHIR base URL. `on_start` receives the
     child process once it answers (to measure its CPU, for example).
 
-    Without `mongodb_uri` it starts its own embedded database on a temporary directory, which is
-    how a laptop runs it.
+    Without `mongodb_uri` it starts its own embedded database in `data_dir` (default: a
+    temporary directory), which is how a laptop runs it. Give `data_dir` to run other `hestia`
+    commands against the same server, e.g. `operator_token`.
     """
-    with TemporaryDirectory(prefix="hestia-bench-") as tmp:
+    with TemporaryDirectory(prefix="hestia-bench-") as scratch:
+        tmp = str(data_dir or scratch)
         port = free_port()
         env = {
             **os.environ,
@@ -74,6 +77,19 @@ def running_hestia(
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def operator_token(data_dir: Path, scope: str) -> str:
+    """An access token from `hestia token` for the server running on `data_dir`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "token", "--data-dir", str(data_dir), "--scope", scope],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return done.stdout.strip().splitlines()[-1]
 
 
 def process_cpu(pid: int) -> float:

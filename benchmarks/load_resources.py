@@ -61,8 +61,11 @@ def generated_observation(n: int, patient_id: str, rng: random.Random) -> dict[s
     }
 
 
-async def load(base: str, count: int, clients: int) -> list[str]:
-    """Create `count` resources (one Patient, then its Observations, in turn); return the ids."""
+async def load(
+    base: str, count: int, clients: int, headers: dict[str, str] | None = None
+) -> list[str]:
+    """Create `count` resources (one Patient, then its Observations, in turn); return the ids.
+    `headers` go with every request (an Authorization header, say)."""
     rng = random.Random(7)
     created: list[str] = []
     latencies: list[float] = []
@@ -70,7 +73,7 @@ async def load(base: str, count: int, clients: int) -> list[str]:
     for n in range(count):
         queue.put_nowait(n)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60, headers=headers) as http:
 
         async def worker() -> None:
             patient_id = ""

@@ -3,6 +3,7 @@
     python -m benchmarks.read_latency                  # start Hestia, load, measure
     python -m benchmarks.read_latency --workers 2      # two uvicorn worker processes
     python -m benchmarks.read_latency --base URL       # against a running server (loads first)
+    python -m benchmarks.read_latency --auth on        # every request with a bearer token
 
 Each client is its own `httpx.Client` (its own connection) in its own thread; the clients are
 spread over `--processes` load-generator processes, because one Python process cannot issue
@@ -33,13 +34,19 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from benchmarks.harness import describe, running_hestia
+from benchmarks.harness import describe, operator_token, running_hestia
 from benchmarks.load_resources import load
 
+Headers = dict[str, str]
+# What the load needs: create the resources, then read them.
+LOAD_SCOPE = "system/*.cruds"
 
-def _client_thread(base: str, ids: list[str], deadline: float, seed: int, out: list[float]) -> None:
+
+def _client_thread(
+    base: str, headers: Headers, ids: list[str], deadline: float, seed: int, out: list[float]
+) -> None:
     rng = random.Random(seed)
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as http:
         while time.time() < deadline:
             target = rng.choice(ids)
             started = time.perf_counter()
@@ -49,13 +56,14 @@ def _client_thread(base: str, ids: list[str], deadline: float, seed: int, out: l
                 raise RuntimeError(f"read {target}: {response.status_code}")
 
 
-def _load_process(args: tuple[str, list[str], int, float, float, int]) -> list[float]:
-    base, ids, clients, warm_until, deadline, seed = args
+def _load_process(args: tuple[str, Headers, list[str], int, float, float, int]) -> list[float]:
+    base, headers, ids, clients, warm_until, deadline, seed = args
     for phase_end, keep in ((warm_until, False), (deadline, True)):
         results: list[list[float]] = [[] for _ in range(clients)]
         threads = [
             threading.Thread(
-                target=_client_thread, args=(base, ids, phase_end, seed + n, results[n])
+                target=_client_thread,
+                args=(base, headers, ids, phase_end, seed + n, results[n]),
             )
             for n in range(clients)
         ]
@@ -68,7 +76,9 @@ def _load_process(args: tuple[str, list[str], int, float, float, int]) -> list[f
     return []
 
 
-def read_load(base: str, ids: list[str], clients: int, seconds: float, processes: int) -> None:
+def read_load(
+    base: str, headers: Headers, ids: list[str], clients: int, seconds: float, processes: int
+) -> None:
     processes = max(1, min(processes, clients))
     per_process = [
         clients // processes + (1 if n < clients % processes else 0) for n in range(processes)
@@ -79,7 +89,10 @@ def read_load(base: str, ids: list[str], clients: int, seconds: float, processes
     with context.Pool(processes) as pool:
         parts = pool.map(
             _load_process,
-            [(base, ids, n, warm_until, deadline, 100 * i) for i, n in enumerate(per_process)],
+            [
+                (base, headers, ids, n, warm_until, deadline, 100 * i)
+                for i, n in enumerate(per_process)
+            ],
         )
     latencies = [x for part in parts for x in part]
     print(
@@ -89,11 +102,11 @@ def read_load(base: str, ids: list[str], clients: int, seconds: float, processes
     )
 
 
-def read_every_id_once(base: str, ids: list[str]) -> None:
+def read_every_id_once(base: str, headers: Headers, ids: list[str]) -> None:
     """Steady state before timing: every resource read once, so that the read cache holds
     them all, whichever mode or loader is measured, rather than the first seconds of each
     run paying for cold reads in proportion to how few reads the run makes."""
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as http:
         for target in ids:
             if http.get(f"/{target}").status_code != 200:
                 raise RuntimeError(f"read {target} failed")
@@ -111,9 +124,11 @@ WRK_WARM_UP_S = 1.0
 WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def read_load_wrk(base: str, ids: list[str], clients: int, seconds: float) -> None:
+def read_load_wrk(
+    base: str, headers: Headers, ids: list[str], clients: int, seconds: float
+) -> None:
     """The same read load from wrk: `clients` connections over 2 threads, random ids."""
-    rate, p50, p99 = wrk_phase(base, ids, clients, seconds)
+    rate, p50, p99 = wrk_phase(base, ids, clients, seconds, headers)
     print(
         f"read-by-id (wrk, {clients} connections): {rate:,.0f} reads/s; "
         f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms"
@@ -121,7 +136,7 @@ def read_load_wrk(base: str, ids: list[str], clients: int, seconds: float) -> No
 
 
 def wrk_phase(
-    base: str, ids: list[str], clients: int, seconds: float
+    base: str, ids: list[str], clients: int, seconds: float, headers: Headers | None = None
 ) -> tuple[float, float, float]:
     """One wrk run of random reads: (reads/s, p50 ms, p99 ms)."""
     wrk = shutil.which("wrk")
@@ -134,6 +149,8 @@ def wrk_phase(
         script.write_text(WRK_SCRIPT % (lua_ids, url.path.rstrip("/")))
         origin = f"{url.scheme}://{url.netloc}"
         connections = [wrk, f"-t{min(2, clients)}", f"-c{clients}", "-s", str(script)]
+        for name, value in (headers or {}).items():
+            connections += ["-H", f"{name}: {value}"]
         # A second to open the connections and warm the server, as the Python loader does.
         subprocess.run(
             [*connections, f"-d{WRK_WARM_UP_S:g}s", origin], capture_output=True, check=True
@@ -174,24 +191,40 @@ def main() -> None:
         default="on",
         help="AuditEvent per request; 'both' runs off then on, side by side",
     )
+    parser.add_argument(
+        "--auth",
+        choices=("on", "off"),
+        default="off",
+        help=f"'on': authentication on, every request with a {LOAD_SCOPE} bearer token",
+    )
     args = parser.parse_args()
 
-    def run(base: str) -> None:
-        ids = asyncio.run(load(base, args.count, 8))
-        read_every_id_once(base, ids)
+    def run(base: str, headers: Headers) -> None:
+        ids = asyncio.run(load(base, args.count, 8, headers))
+        read_every_id_once(base, headers, ids)
         for clients in sorted({1, args.clients}):
             if args.loader == "wrk":
-                read_load_wrk(base, ids, clients, args.seconds)
+                read_load_wrk(base, headers, ids, clients, args.seconds)
             else:
-                read_load(base, ids, clients, args.seconds, args.processes)
+                read_load(base, headers, ids, clients, args.seconds, args.processes)
 
     if args.base:
-        run(args.base)
+        run(args.base, {})
         return
+    auth = args.auth == "on"
     for audit in (False, True) if args.audit == "both" else (args.audit == "on",):
-        print(f"-- audit {'on' if audit else 'off'}, {args.workers} worker(s)")
-        with running_hestia(workers=args.workers, audit=audit) as base:
-            run(base)
+        print(f"-- audit {'on' if audit else 'off'}, auth {args.auth}, {args.workers} worker(s)")
+        with (
+            tempfile.TemporaryDirectory(prefix="hestia-bench-") as data_dir,
+            running_hestia(
+                workers=args.workers, audit=audit, auth=auth, data_dir=Path(data_dir)
+            ) as base,
+        ):
+            headers: Headers = {}
+            if auth:
+                token = operator_token(Path(data_dir), LOAD_SCOPE)
+                headers = {"Authorization": f"Bearer {token}"}
+            run(base, headers)
 
 
 if __name__ == "__main__":
