@@ -19,6 +19,7 @@ from lxml import etree
 
 from app.fhir.outcome import BadRequest, FhirError, Unprocessable
 from app.fhir.patch import apply_fhirpath_patch, apply_patch
+from tests.fuzzing import examples, fuzz
 
 CASES_FILE = (
     Path(__file__).resolve().parents[3] / "shared/corpus/fhir/patch-tests/fhir-patch-tests.xml"
@@ -480,19 +481,22 @@ def _applies_or_fails_cleanly(body: Any) -> None:
     assert before == PATIENT
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz
+@settings(max_examples=examples(200), deadline=None)
 @given(json_values)
 def test_fuzz_any_json_value_as_parameters(body: Any) -> None:
     _applies_or_fails_cleanly(body)
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(json_values, max_size=3))
 def test_fuzz_any_json_values_as_parameter_entries(entries: list[Any]) -> None:
     _applies_or_fails_cleanly({"resourceType": "Parameters", "parameter": entries})
 
 
-@settings(max_examples=400, deadline=None)
+@fuzz
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(fuzz_operations, min_size=1, max_size=3))
 def test_fuzz_plausible_operations(operations: list[dict[str, Any]]) -> None:
     _applies_or_fails_cleanly(patch(*operations))

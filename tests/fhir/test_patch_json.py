@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from app.fhir.outcome import BadRequest, FhirError, Unprocessable, UnsupportedMediaType
 from app.fhir.patch import apply_json_patch, apply_patch, detect_patch_kind
+from tests.fuzzing import examples, fuzz
 
 CASES_FILE = (
     Path(__file__).resolve().parents[3] / "shared/corpus/fhir/patch-tests/json-patch-tests.json"
@@ -226,13 +227,15 @@ def _applies_or_fails_cleanly(patch: Any) -> None:
     assert before == PATIENT
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz
+@settings(max_examples=examples(300), deadline=None)
 @given(json_values)
 def test_fuzz_any_json_value_as_patch(patch: Any) -> None:
     _applies_or_fails_cleanly(patch)
 
 
-@settings(max_examples=500, deadline=None)
+@fuzz
+@settings(max_examples=examples(500), deadline=None)
 @given(st.lists(operations, max_size=5))
 def test_fuzz_plausible_operations(patch: list[Any]) -> None:
     _applies_or_fails_cleanly(patch)

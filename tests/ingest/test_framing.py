@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.ingest.framing import HEAD_BYTES, Frame, MllpDecoder, Oversized, frame
+from tests.fuzzing import examples, fuzz
 
 MSG_A = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|||1\r"
 MSG_B = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|2|P|2.5\rPID|||1\r"
@@ -28,7 +29,8 @@ def test_frame_split_inside_the_end_marker() -> None:
     assert decoder.idle
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=30))
 def test_any_split_of_the_stream_yields_the_same_frames(cuts: list[int]) -> None:
     wire = frame(MSG_A) + frame(MSG_B) + frame(MSG_A)

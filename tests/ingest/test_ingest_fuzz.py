@@ -9,8 +9,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.store.client import EmbeddedServer
+from tests.fuzzing import examples, fuzz
 from tests.ingest.conftest import HL7V2, wire
 from tests.ingest.ingest_helpers import parse_ack
+
+pytestmark = fuzz
 
 SEED = (HL7V2 / "fhir-converter" / "ADT-A01-01.hl7").read_bytes()
 SPECIAL = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b'""', b"\x0b", b"\x1c", b"\xff", b"MSH"]
@@ -34,7 +37,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=4,
+    max_examples=examples(4),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

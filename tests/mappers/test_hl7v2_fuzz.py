@@ -9,11 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mappers.hl7v2 import Hl7v2Error, InternalMappingError, build_ack, map_message
+from tests.fuzzing import examples, fuzz
+
+pytestmark = fuzz
 
 RECEIVED = datetime(2024, 1, 1, tzinfo=UTC)
 CORPUS = Path("/work/shared/corpus/hl7v2")
 SEEDS = [p.read_bytes() for p in sorted(CORPUS.rglob("*.hl7")) if p.stat().st_size < 20_000]
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _check(raw: bytes) -> None:
