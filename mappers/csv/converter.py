@@ -375,20 +375,31 @@ def iter_rows(
     csv_map: CsvMap,
     report: ConversionReport | None = None,
 ) -> Iterator[RowResult]:
-    """One RowResult per data row; the first row is the header."""
+    """One RowResult per data row; the first row is the header. Bytes that are not UTF-8 end
+    the file with a BadRequest naming the line after which they were met."""
     reader = csv.reader(_text_lines(source))
     try:
-        header = next(reader)
-    except StopIteration:
-        raise BadRequest("CSV payload is empty: no header line") from None
-    mapper = _RowMapper(csv_map, header)
-    for row in reader:
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank lines, including a trailing one
-        result = mapper.map_row(reader.line_num, row)
-        if report is not None:
-            report.add(result)
-        yield result
+        header = next(reader, None)
+        if header is None:
+            raise BadRequest("CSV payload is empty: no header line")
+        mapper = _RowMapper(csv_map, header)
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank lines, including a trailing one
+            result = mapper.map_row(reader.line_num, row)
+            if report is not None:
+                report.add(result)
+            yield result
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(exc, reader.line_num) from exc
+
+
+def _not_utf8(exc: UnicodeDecodeError, line: int) -> BadRequest:
+    if exc.start < len(exc.object):
+        return BadRequest(
+            f"the CSV is not UTF-8: invalid byte 0x{exc.object[exc.start]:02x} after line {line}"
+        )
+    return BadRequest(f"the CSV is not UTF-8: it ends inside a character after line {line}")
 
 
 class _Lines:

@@ -3,8 +3,8 @@
 A map declares:
 - `name`, `resource`, and `signature` (header columns that identify the feed);
 - `id`: `namespace` + key `columns` → deterministic id (uuid5), so re-uploads are no-ops;
-- `columns`: per column a `type` (string, id, date, datetime, decimal, integer, code,
-  reference), `required` (empty → row rejected), `exists` (a reference that must name a
+- `columns`: per column a `type` (string, id, date, datetime, instant, decimal, integer,
+  code, reference), `required` (empty → row rejected), `exists` (a reference that must name a
   resource already stored, checked by the ingestion layer), `expected` (empty → data-quality
   warning), `lookup` (code → value table in `lookups`), `known` (code missing from the
   lookup → row rejected), `default`, and for references `target` and `namespace`;
@@ -34,6 +34,7 @@ from mappers.csv.values import (
     parse_date_time,
     parse_decimal,
     parse_id,
+    parse_instant,
     parse_integer,
 )
 
@@ -55,7 +56,7 @@ Cells = dict[str, Any]
 Node = Callable[[Cells], Any]
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
-_TYPES = {"string", "id", "date", "datetime", "decimal", "integer", "code", "reference"}
+_TYPES = {"string", "id", "date", "datetime", "instant", "decimal", "integer", "code", "reference"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class Column:
             return parse_decimal(raw)
         if kind == "datetime":
             return parse_date_time(raw, default_zone)
+        if kind == "instant":
+            return parse_instant(raw, default_zone)
         if kind == "date":
             return parse_date(raw)
         if kind == "id":

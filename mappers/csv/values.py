@@ -53,6 +53,8 @@ def parse_integer(raw: str) -> int:
 
 def parse_date(raw: str) -> str:
     if _PARTIAL_DATE.match(raw):
+        if raw.startswith("0000"):
+            raise CellError(f"'{raw}' has year 0000: FHIR dates start at year 0001")
         if len(raw) == 7 and not 1 <= int(raw[5:7]) <= 12:
             raise CellError(f"'{raw}' has no month {raw[5:7]}")
         return raw
@@ -85,3 +87,12 @@ def parse_date_time(raw: str, default_zone: str | None = None) -> str:
     except ValueError as exc:
         raise CellError(f"'{raw}' is not a valid date and time") from exc
     return raw
+
+
+def parse_instant(raw: str, default_zone: str | None = None) -> str:
+    """A FHIR instant: date and time to the second, with a zone (or the map's default zone).
+    For columns that also fill instant elements such as Observation.issued, where a partial
+    date that a dateTime allows would be invalid."""
+    if "T" not in raw:
+        raise CellError(f"'{raw}' is not an instant (YYYY-MM-DDThh:mm:ss with a time zone)")
+    return parse_date_time(raw, default_zone)

@@ -145,6 +145,10 @@ def test_lab_value_already_in_target_unit_is_left_alone() -> None:
         ("pat-1,2345-7,5.5,mm[Hg],2024-03-01,,,", "unit", "cannot be converted"),
         ("pat-1,2345-7,5.5,mmol/L,2024-03-01,done,,", "status", "unknown code"),
         ("pat-1,2345-7,5.5", None, "expected 8 fields"),
+        # Found by tests/mappers/test_mapper_fuzz.py: FHIR years start at 0001.
+        ("pat-1,2345-7,5.5,mmol/L,0000,,,", "effective", "year 0000"),
+        ("pat-1,2345-7,5.5,mmol/L,0000-05,,,", "effective", "year 0000"),
+        ("pat-1,2345-7,5.5,mmol/L,0000-05-01,,,", "effective", "calendar date"),
     ],
 )
 def test_bad_rows_are_rejected_with_line_column_and_reason(
@@ -161,6 +165,28 @@ def test_bad_rows_are_rejected_with_line_column_and_reason(
     assert reason in rejection.reason
     assert report.rows_read == 2 and report.rows_rejected == 1
     assert report.resources_produced == 1
+
+
+def test_bytes_that_are_not_utf8_are_refused_naming_the_line_before_them() -> None:
+    # Found by tests/mappers/test_mapper_fuzz.py: a UnicodeDecodeError escaped the mapper.
+    payload = (LAB_HEADER + "pat-1,718-7,13.5,g/dL,2024-03-01,,,S1\n").encode() + b"pat-\x80\n"
+    with pytest.raises(BadRequest, match=r"not UTF-8: invalid byte 0x80 after line \d"):
+        list(iter_rows(io.BytesIO(payload), load_map("lab-results")))
+
+
+def test_an_instant_column_refuses_a_partial_date_that_would_make_an_invalid_issued() -> None:
+    # Found by tests/mappers/test_mapper_fuzz.py: synthea-observations copies DATE into
+    # Observation.issued, an instant, so a bare year made an Observation that failed validation.
+    header = "DATE,PATIENT,ENCOUNTER,CATEGORY,CODE,DESCRIPTION,VALUE,UNITS,TYPE\n"
+    good = "2019-02-16T09:01:29Z,p1,e1,vital-signs,8302-2,Body Height,172.1,cm,numeric\n"
+    partial = "2019,p1,e1,vital-signs,8302-2,Body Height,172.1,cm,numeric\n"
+    results = list(iter_rows([header, good, partial], load_map("synthea-observations")))
+    assert results[0].entry is not None
+    assert results[0].entry["resource"]["issued"] == "2019-02-16T09:01:29Z"
+    Observation.model_validate(results[0].entry["resource"])
+    rejection = results[1].rejection
+    assert rejection is not None and rejection.column == "DATE"
+    assert "not an instant" in rejection.reason
 
 
 def test_duplicate_rows_are_skipped_and_conflicting_ones_rejected() -> None:
