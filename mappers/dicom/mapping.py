@@ -21,6 +21,7 @@ Mapping choices worth knowing (see also tests/mappers/test_dicom.py):
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from app.fhir.outcome import Unprocessable
 JsonDict = dict[str, Any]
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID_LENGTH = 64
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 RFC3986 = "urn:ietf:rfc:3986"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -261,9 +264,17 @@ def map_dataset(ds: Dataset, *, wado_base_url: str | None = None) -> StudyResour
 
 
 def _required_uid(ds: Dataset, keyword: str, tag: str) -> str:
+    """A UID the resources are keyed by. It becomes a FHIR id (ImagingStudy.series.uid …), so
+    one that is not digits and dots (PS3.5 9.1; leading zeros, which real devices write, are
+    let through) is refused rather than copied into resources the store would reject."""
     uid = _text(ds, keyword)
     if uid is None:
         raise Unprocessable(f"DICOM dataset has no {keyword} {tag}", expression=[keyword])
+    if len(uid) > MAX_UID_LENGTH or not _UID.match(uid):
+        raise Unprocessable(
+            f"DICOM {keyword} {tag} is not a UID (digits and dots, at most 64): {uid[:80]!a}",
+            expression=[keyword],
+        )
     return uid
 
 
@@ -460,11 +471,7 @@ def _laterality(value: str | None) -> JsonDict | None:
 
 def _instance(ds: Dataset) -> JsonDict:
     instance: JsonDict = {"uid": _required_uid(ds, "SOPInstanceUID", "(0008,0018)")}
-    sop_class = _text(ds, "SOPClassUID")
-    if sop_class is None:
-        raise Unprocessable(
-            "DICOM dataset has no SOPClassUID (0008,0016)", expression=["SOPClassUID"]
-        )
+    sop_class = _required_uid(ds, "SOPClassUID", "(0008,0016)")
     instance["sopClass"] = {"system": RFC3986, "code": f"urn:oid:{sop_class}"}
     number = _int(ds, "InstanceNumber")
     if number is not None:

@@ -273,6 +273,35 @@ def test_dicomdir_without_study_uid_is_unprocessable() -> None:
     assert "StudyInstanceUID" in info.value.diagnostics
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("SOPInstanceUID", "\x00.3.6.1.4.1.5962.1.1.0.1"),  # found by test_mapper_fuzz.py
+        ("SeriesInstanceUID", "1.2.3 4"),
+        ("StudyInstanceUID", "1." + "2" * 70),
+        ("SOPClassUID", "CT Image Storage"),
+    ],
+)
+def test_a_uid_that_is_not_digits_and_dots_is_unprocessable(keyword: str, value: str) -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2", "1.2.3", "1.2.3.4"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    setattr(ds, keyword, value)
+    with pytest.raises(Unprocessable) as info:
+        map_datasets([ds])
+    assert info.value.status == 422
+    assert f"{keyword} " in info.value.diagnostics and "is not a UID" in info.value.diagnostics
+
+
+def test_uids_with_leading_zero_components_are_kept_as_devices_write_them() -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.0840.01", "1.2.0840.01.2"
+    ds.SOPInstanceUID, ds.SOPClassUID = "1.2.0840.01.2.3", "1.2.840.10008.5.1.4.1.1.7"
+    (result,) = map_datasets([ds])
+    ImagingStudy.model_validate(result.imaging_study)
+    assert result.imaging_study["series"][0]["uid"] == "1.2.0840.01.2"
+
+
 def test_invalid_dicom_json_is_bad_request() -> None:
     with pytest.raises(BadRequest):
         map_dicom_json(b"{not json")
