@@ -165,6 +165,13 @@ async def test_common_parameters(clinic: SearchWorld) -> None:
     assert await _ids(clinic, "Patient", "_list=nope") == []
 
 
+async def test_text_search_ors_values_of_several_words(clinic: SearchWorld) -> None:
+    # Found by tests/api/test_api_fuzz.py: an OR of values that each need several words (an $or
+    # of $ands) was taken for an OR over one field, and the search failed with a 500.
+    assert await _ids(clinic, "Patient", "_content=mary zzz,jones mary") == ["pat-jones"]
+    assert await _ids(clinic, "Patient", "_content=2013-01,2013-01") == []
+
+
 async def test_last_updated(clinic: SearchWorld) -> None:
     everyone = await _ids(clinic, "Patient", "")
     assert await _ids(clinic, "Patient", "_lastUpdated=gt2000-01-01") == everyone

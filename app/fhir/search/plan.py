@@ -13,7 +13,7 @@ lowest), followed by resource type and id, so results have one total order even 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
 from functools import total_ordering
 from typing import Any
@@ -63,10 +63,12 @@ def simplify(node: JsonDict) -> JsonDict:
     fields = {next(iter(b)) for b in branches if len(b) == 1}
     if len(fields) == 1 and all(len(b) == 1 for b in branches):
         (name,) = fields
+        if name.startswith("$"):  # branches that are each an $and, say: nothing to merge
+            return node
         values: list[Any] = []
         for branch in branches:
             found = _equalities(branch[name])
-            if found is None:
+            if found is None or not all(isinstance(v, Hashable) for v in found):
                 return node
             values += found
         unique = list(dict.fromkeys(values))

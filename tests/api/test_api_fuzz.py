@@ -1,0 +1,254 @@
+"""Whatever a client sends, the FHIR API answers with a status below 500 and, for an error, an
+OperationOutcome that says what was wrong (rules: no 500 for anything a client can send).
+
+Searches are drawn from the real parameter registry, with modifiers, prefixes, escapes, chains
+and result parameters, valid or not; bodies are official R4 examples with elements replaced by
+arbitrary JSON. Over HTTP against the session's real server and database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.fhir.definitions.npm import ensure_package
+from app.fhir.search.parameters import registry
+from tests.fuzzing import examples, fuzz
+
+pytestmark = fuzz
+
+JSON = {"Content-Type": "application/fhir+json"}
+TYPES = ["Patient", "Observation", "Encounter", "Condition", "MedicationRequest", "AuditEvent"]
+REGISTRY = registry()
+PARAMETERS = {t: sorted(REGISTRY.for_type(t)) for t in TYPES}
+MODIFIERS = [
+    "", "", "", ":exact", ":contains", ":missing", ":not", ":text", ":of-type", ":below",
+    ":above", ":identifier", ":Patient", ":iterate", ":nonsense", ":", "::",
+]  # fmt: skip
+PREFIXES = ["", "", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap", "xx"]
+RESULT_PARAMETERS = [
+    "_count", "_sort", "_include", "_revinclude", "_elements", "_summary", "_total",
+    "_contained", "_format", "_pretty", "_type", "_cursor", "_has", "_list", "_id",
+    "_lastUpdated", "_tag", "_profile", "_security", "_source", "_text", "_content",
+]  # fmt: skip
+ATOMS = st.one_of(
+    st.sampled_from(
+        [
+            "2013",
+            "2013-01",
+            "2013-01-14",
+            "2013-01-14T10:00Z",
+            "2013-13-45",
+            "T10:00",
+            "0",
+            "-1",
+            "1e400",
+            "NaN",
+            "5.4|http://unitsofmeasure.org|mg",
+            "|code",
+            "http://loinc.org|",
+            "http://loinc.org|8310-5",
+            "Patient/x",
+            "x",
+            "true",
+            "false",
+            "\\,",
+            "\\$",
+            "\\|",
+            "a\\",
+            "$where",
+            "{$ne:1}",
+            ".*",
+            "[a-z]+",
+            "%00",
+            "\u0000",
+            "Observation:subject",
+            "Observation:*",
+            "*",
+            "-_lastUpdated",
+            "name,-birthdate",
+        ]
+    ),
+    st.text(max_size=12),
+)
+VALUES = st.builds(
+    lambda prefix, atoms: prefix + ",".join(atoms),
+    st.sampled_from(PREFIXES),
+    st.lists(ATOMS, min_size=1, max_size=3),
+)
+
+
+def assert_answered(response: httpx.Response) -> None:
+    assert response.status_code < 500, f"{response.status_code}: {response.text[:800]}"
+    if response.status_code >= 400 and response.status_code not in (404, 405, 410):
+        body = response.json()
+        assert body["resourceType"] == "OperationOutcome", body
+        assert body["issue"][0].get("diagnostics"), body
+
+
+@st.composite
+def search_items(draw: st.DrawFn) -> tuple[str, list[tuple[str, str]]]:
+    resource_type = draw(st.sampled_from(TYPES))
+    items: list[tuple[str, str]] = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["param", "param", "chain", "result", "junk"]))
+        if kind == "param":
+            name = draw(st.sampled_from(PARAMETERS[resource_type])) + draw(
+                st.sampled_from(MODIFIERS)
+            )
+        elif kind == "chain":
+            first = draw(st.sampled_from(PARAMETERS[resource_type]))
+            second = draw(st.sampled_from(PARAMETERS["Patient"]))
+            name = draw(
+                st.sampled_from(
+                    [
+                        f"{first}.{second}",
+                        f"{first}:Patient.{second}",
+                        f"_has:Observation:patient:{second}",
+                        f"_has:Observation:{first}",
+                        f"{first}.{second}.{second}",
+                    ]
+                )
+            )
+        elif kind == "result":
+            name = draw(st.sampled_from(RESULT_PARAMETERS)) + draw(
+                st.sampled_from(["", "", ":iterate"])
+            )
+        else:
+            name = draw(st.text(min_size=1, max_size=10))
+        items.append((name, draw(VALUES)))
+    return resource_type, items
+
+
+FUZZ = settings(
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@FUZZ
+@given(search_items(), st.booleans())
+def test_any_search_is_answered_without_a_server_error(
+    fhir: httpx.Client, search: tuple[str, list[tuple[str, str]]], strict: bool
+) -> None:
+    resource_type, items = search
+    headers = {"Prefer": "handling=strict"} if strict else {}
+    response = fhir.get(f"/{resource_type}?{urlencode(items)}", headers=headers)
+    assert_answered(response)
+    if response.status_code == 200 and "_format" not in dict(items):
+        bundle = response.json()
+        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+    posted = fhir.post(
+        f"/{resource_type}/_search",
+        content=urlencode(items),
+        headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_answered(posted)
+
+
+def _examples() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(Path(ensure_package()).glob("*.json")):
+        if path.name.split("-", 1)[0] not in TYPES:
+            continue
+        try:
+            resource = json.loads(path.read_bytes())
+        except ValueError:
+            continue
+        if isinstance(resource, dict) and resource.get("resourceType") in TYPES:
+            found.append(resource)
+    return found
+
+
+EXAMPLES = _examples()
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=10,
+)
+
+
+def _paths(value: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place inside a resource that a value could be replaced."""
+    found = [here] if here else []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            found += _paths(inner, (*here, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found += _paths(inner, (*here, index))
+    return found
+
+
+@st.composite
+def damaged_resources(draw: st.DrawFn) -> dict[str, Any]:
+    resource = json.loads(json.dumps(draw(st.sampled_from(EXAMPLES))))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = _paths(resource)
+        path = draw(st.sampled_from(paths))
+        parent: Any = resource
+        for step in path[:-1]:
+            parent = parent[step]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(JSON_VALUES)
+        if not isinstance(resource, dict) or not resource:
+            break
+    return resource
+
+
+@FUZZ
+@given(damaged_resources(), st.sampled_from(["post", "put"]))
+def test_a_damaged_resource_is_stored_or_refused_with_a_reason(
+    fhir: httpx.Client, resource: dict[str, Any], method: str
+) -> None:
+    resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
+    target = resource_type if isinstance(resource_type, str) and resource_type else "Patient"
+    if method == "post":
+        path = f"/{quote(target, safe='')}"
+        response = fhir.post(path, content=json.dumps(resource), headers=JSON)
+        assert response.status_code in (201, 400, 404, 405, 413, 422), response.text[:800]
+    else:
+        rid = resource.get("id") if isinstance(resource, dict) else None
+        rid = rid if isinstance(rid, str) and rid else "fuzz-1"
+        path = f"/{quote(target, safe='')}/{quote(rid, safe='')}"
+        response = fhir.put(path, content=json.dumps(resource), headers=JSON)
+        assert response.status_code in (200, 201, 400, 404, 405, 413, 422), response.text[:800]
+    assert_answered(response)
+
+
+@FUZZ
+@given(
+    st.sampled_from(["get", "post", "put", "patch", "delete"]),
+    st.lists(st.text(min_size=1, max_size=15), min_size=1, max_size=4),
+    st.binary(max_size=200),
+    st.sampled_from(
+        [
+            "application/fhir+json",
+            "application/json-patch+json",
+            "application/x-www-form-urlencoded",
+            "application/fhir+xml",
+            "text/plain",
+            "",
+        ]
+    ),
+)
+def test_any_path_and_body_is_answered_without_a_server_error(
+    fhir: httpx.Client, method: str, segments: list[str], body: bytes, content_type: str
+) -> None:
+    path = "/" + "/".join(quote(s, safe="") for s in segments)
+    headers = {"Content-Type": content_type} if content_type else {}
+    content = body if method in ("post", "put", "patch") else None
+    response = fhir.request(method.upper(), path, content=content, headers=headers)
+    assert response.status_code < 500, f"{method} {path}: {response.status_code} {response.text}"
