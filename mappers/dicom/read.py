@@ -45,7 +45,12 @@ def read_part10(data: bytes) -> Dataset:
         )
     try:
         with quiet_pydicom():
-            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            # pydicom decodes values when they are first read: decode them all here, so that
+            # a corrupt one (an unknown VR, say) is this file's error, not the mapper's.
+            for _ in dataset.iterall():
+                pass
+            return dataset
     except Exception as exc:  # pydicom raises a dozen unrelated types on corrupt input
         raise BadRequest(f"corrupt DICOM Part 10 file: {exc}") from exc
 
@@ -74,7 +79,7 @@ def read_dicom_json(data: bytes | str | Any) -> list[Dataset]:
         try:
             with quiet_pydicom():
                 datasets.append(Dataset.from_json(item))
-        except (ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # as for Part 10: pydicom's errors on bad input vary
             raise BadRequest(
                 f"invalid DICOM JSON item {index}: {exc}", expression=[f"[{index}]"]
             ) from exc

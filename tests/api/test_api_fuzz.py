@@ -8,19 +8,44 @@ arbitrary JSON. Over HTTP against the session's real server and database."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.fhir.definitions.npm import ensure_package
 from app.fhir.search.parameters import registry
+from app.store.client import EmbeddedServer
+from tests.conftest import RunningServer, start_hestia, stop_hestia
 from tests.fuzzing import examples, fuzz
 
 pytestmark = fuzz
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(
+    database: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server of its own (its own database on the session's database server): what the
+    fuzzing stores must not show up in other tests' searches."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    server = start_hestia(
+        tmp, {"HESTIA_MONGODB_URI": database.uri, "HESTIA_DATABASE": "fuzz_api"}, name="fuzz"
+    )
+    yield server
+    stop_hestia(server)
+
+
+@pytest.fixture
+def fhir(fuzzed_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fuzzed_server.fhir, timeout=30) as client:
+        yield client
+
 
 JSON = {"Content-Type": "application/fhir+json"}
 TYPES = ["Patient", "Observation", "Encounter", "Condition", "MedicationRequest", "AuditEvent"]

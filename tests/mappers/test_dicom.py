@@ -302,6 +302,32 @@ def test_uids_with_leading_zero_components_are_kept_as_devices_write_them() -> N
     assert result.imaging_study["series"][0]["uid"] == "1.2.0840.01.2"
 
 
+def test_a_value_pydicom_cannot_decode_is_a_bad_request_naming_its_tag() -> None:
+    # Found by test_mapper_fuzz.py: pydicom decodes values when first read, so an unknown VR
+    # raised NotImplementedError from inside the mapper instead of a 400.
+    data = (PYDICOM / "CT_small.dcm").read_bytes()
+    modality = b"\x08\x00\x60\x00CS"
+    assert data.count(modality) == 1
+    with pytest.raises(BadRequest) as info:
+        map_part10(data.replace(modality, b"\x08\x00\x60\x00C\x00"))
+    assert "Unknown Value Representation" in info.value.diagnostics
+    assert "(0008,0060)" in info.value.diagnostics
+
+
+def test_dicom_json_value_of_the_wrong_kind_is_a_bad_request() -> None:
+    # Found by test_mapper_fuzz.py: a sequence item given as false raised AttributeError.
+    dataset = {
+        "0020000D": {"vr": "UI", "Value": ["1.2"]},
+        "0020000E": {"vr": "UI", "Value": ["1.2.3"]},
+        "00080018": {"vr": "UI", "Value": ["1.2.3.4"]},
+        "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.7"]},
+        "00081032": {"vr": "SQ", "Value": [False]},
+    }
+    with pytest.raises(BadRequest) as info:
+        map_dicom_json(json.dumps(dataset))
+    assert "invalid DICOM JSON item 0" in info.value.diagnostics
+
+
 def test_invalid_dicom_json_is_bad_request() -> None:
     with pytest.raises(BadRequest):
         map_dicom_json(b"{not json")

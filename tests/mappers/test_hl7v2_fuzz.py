@@ -32,7 +32,8 @@ def _check(raw: bytes) -> None:
         assert b"MSA|" + error.ack_code.encode() in ack or b"MSA" in ack
         return
     assert result.bundle["type"] == "transaction"
-    assert build_ack(raw, "AA").count(b"MSA") == 1
+    segments = build_ack(raw, "AA").split(b"\r")
+    assert [s for s in segments if s.startswith(b"MSA|")] == [segments[1]]
 
 
 @FAST
