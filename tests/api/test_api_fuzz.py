@@ -277,3 +277,119 @@ def test_any_path_and_body_is_answered_without_a_server_error(
     content = body if method in ("post", "put", "patch") else None
     response = fhir.request(method.upper(), path, content=content, headers=headers)
     assert response.status_code < 500, f"{method} {path}: {response.status_code} {response.text}"
+
+
+HEADER_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            'W/"1"',
+            'W/"x"',
+            '"1"',
+            "*",
+            "W/",
+            "",
+            "Tue, 01 Jan 2030 00:00:00 GMT",
+            "yesterday",
+            "return=minimal",
+            "return=OperationOutcome",
+            "handling=strict",
+            "respond-async",
+            "application/fhir+json",
+            "application/fhir+xml",
+            "*/*",
+            "text/html;q=0.1",
+            "identifier=urn:x|1",
+            "_id=x,y",
+            "name[$ne]=x",
+            "$where=1",
+        ]
+    ),
+    # Printable ASCII without the surrounding spaces a client library refuses to send.
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(
+        str.strip
+    ),
+)
+HEADER_NAMES = [
+    "If-Match",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-None-Exist",
+    "Prefer",
+    "Accept",
+]
+
+
+@FUZZ
+@given(
+    st.sampled_from(["read", "vread", "update", "delete", "history", "create"]),
+    st.dictionaries(st.sampled_from(HEADER_NAMES), HEADER_VALUES, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["_since", "_at", "_count", "_format", "_summary", "_elements"]),
+        VALUES,
+        max_size=2,
+    ),
+)
+def test_any_conditional_header_or_history_parameter_is_answered(
+    fhir: httpx.Client, interaction: str, headers: dict[str, str], params: dict[str, str]
+) -> None:
+    body = {"resourceType": "Patient", "id": "fuzz-headers", "active": True}
+    fhir.put("/Patient/fuzz-headers", json=body, headers=JSON)
+    query = f"?{urlencode(params)}" if params else ""
+    requests = {
+        "read": ("GET", f"/Patient/fuzz-headers{query}"),
+        "vread": ("GET", f"/Patient/fuzz-headers/_history/1{query}"),
+        "update": ("PUT", f"/Patient/fuzz-headers{query}"),
+        "delete": ("DELETE", f"/Patient/fuzz-headers{query}"),
+        "history": ("GET", f"/Patient/_history{query}"),
+        "create": ("POST", f"/Patient{query}"),
+    }
+    method, path = requests[interaction]
+    content = json.dumps(body) if method in ("PUT", "POST") else None
+    response = fhir.request(
+        method, path, content=content, headers={**JSON, **headers} if content else headers
+    )
+    assert_answered(response)
+
+
+@st.composite
+def damaged_transactions(draw: st.DrawFn) -> dict[str, Any]:
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": draw(st.sampled_from(["transaction", "batch", "searchset", "bogus"])),
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:0b6a2d6e-1c9e-4e0a-9f8e-2b9f1c3e4d5a",
+                "resource": {"resourceType": "Patient", "name": [{"family": "Fuzz"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "fuzz"},
+                    "subject": {"reference": "urn:uuid:0b6a2d6e-1c9e-4e0a-9f8e-2b9f1c3e4d5a"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {"request": {"method": "GET", "url": "Patient?name=fuzz"}},
+        ],
+    }
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(bundle)))
+        parent: Any = bundle
+        for step in path[:-1]:
+            parent = parent[step]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(st.one_of(JSON_VALUES, VALUES))
+    return bundle
+
+
+@FUZZ
+@given(damaged_transactions())
+def test_a_damaged_bundle_is_processed_or_refused_with_a_reason(
+    fhir: httpx.Client, bundle: dict[str, Any]
+) -> None:
+    response = fhir.post("", content=json.dumps(bundle), headers=JSON)
+    assert_answered(response)
