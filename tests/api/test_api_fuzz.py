@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from app.fhir.definitions.npm import ensure_package
@@ -166,6 +166,7 @@ def test_any_search_is_answered_without_a_server_error(
     headers = {"Prefer": "handling=strict"} if strict else {}
     response = fhir.get(f"/{resource_type}?{urlencode(items)}", headers=headers)
     assert_answered(response)
+    event(f"search: {response.status_code}")
     if response.status_code == 200 and "_format" not in dict(items):
         bundle = response.json()
         assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
@@ -251,6 +252,7 @@ def test_a_damaged_resource_is_stored_or_refused_with_a_reason(
         response = fhir.put(path, content=json.dumps(resource), headers=JSON)
         assert response.status_code in (200, 201, 400, 404, 405, 413, 422), response.text[:800]
     assert_answered(response)
+    event(f"{method}: {response.status_code}")
 
 
 @FUZZ
@@ -393,3 +395,67 @@ def test_a_damaged_bundle_is_processed_or_refused_with_a_reason(
 ) -> None:
     response = fhir.post("", content=json.dumps(bundle), headers=JSON)
     assert_answered(response)
+
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+INGEST_SEEDS = {
+    "hl7v2": sorted((CORPUS / "hl7v2" / "fhir-converter").glob("*.hl7"))[:20],
+    "csv": [CORPUS / "csv" / "synthea" / "patients.csv"],
+    "dicom": sorted((CORPUS / "dicom" / "pydicom").glob("*.dcm")),
+}
+INGEST_ROUTES = {
+    "hl7v2": ("/ingest/hl7v2", "x-application/hl7-v2+er7"),
+    "csv": ("/ingest/csv", "text/csv"),
+    "dicom": ("/ingest/dicom", "application/dicom"),
+}
+
+
+@st.composite
+def damaged_payloads(draw: st.DrawFn) -> tuple[str, bytes]:
+    family = draw(st.sampled_from(sorted(INGEST_SEEDS)))
+    data = bytearray(draw(st.sampled_from(INGEST_SEEDS[family])).read_bytes()[:20_000])
+    for _ in range(draw(st.integers(1, 5))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        if kind == "flip":
+            data[at : at + 1] = bytes([draw(st.integers(0, 255))])
+        elif kind == "insert":
+            data[at:at] = draw(st.sampled_from([b"|", b"\r", b",", b'"', b"\x00", b"\xff", b"\n"]))
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 32))]
+        else:
+            del data[at:]
+    return family, bytes(data)
+
+
+def _payload_ids(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        return []
+    if isinstance(body.get("payload"), str):
+        return [body["payload"]]
+    return [f["payload"] for f in body.get("files", []) if isinstance(f.get("payload"), str)]
+
+
+@settings(
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(damaged_payloads(), st.booleans())
+def test_a_damaged_payload_is_kept_and_answered_without_a_server_error(
+    fuzzed_server: RunningServer, fhir: httpx.Client, payload: tuple[str, bytes], detect: bool
+) -> None:
+    """Through its own route or through format detection: an answer below 500, and every
+    payload the answer names is stored byte for byte (what maps or not is kept)."""
+    family, data = payload
+    route, content_type = INGEST_ROUTES[family]
+    path, headers = ("/ingest", {}) if detect else (route, {"Content-Type": content_type})
+    response = httpx.post(fuzzed_server.base + path, content=data, headers=headers, timeout=60)
+    assert response.status_code != 404, response.text
+    assert response.status_code < 500, f"{family} {path}: {response.status_code} {response.text}"
+    event(f"{family} via {path}: {response.status_code}")  # --hypothesis-show-statistics
+    if response.headers.get("content-type", "").startswith("application/json"):
+        for raw_id in _payload_ids(response.json()):
+            stored = fhir.get(f"/Binary/{raw_id}", headers={"Accept": "application/octet-stream"})
+            assert stored.status_code == 200, stored.text
+            assert stored.content == data
