@@ -251,7 +251,12 @@ def parse_json(body: bytes, *, max_depth: int) -> Any:
         raise BadRequest("The request body is empty; a FHIR JSON resource was expected")
     try:
         text = body.decode("utf-8-sig")
-        data = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_no_nan)
+        data = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_no_nan,
+            parse_int=_bounded_int,
+        )
     except FhirError:
         raise
     except RecursionError:
@@ -266,6 +271,22 @@ def parse_json(body: bytes, *, max_depth: int) -> Any:
     if _depth_exceeds(data, max_depth):
         raise BadRequest(f"JSON nesting is deeper than {max_depth} levels", code="structure")
     return data
+
+
+# What the store's JSON encoder (orjson) can write: a larger integer was a 500 at the first
+# write. FHIR's integer is 32-bit; a decimal this large, written without a fraction, is not
+# a clinical value.
+SMALLEST_INTEGER, LARGEST_INTEGER = -(2**63), 2**64 - 1
+
+
+def _bounded_int(token: str) -> int:
+    value = int(token)
+    if not SMALLEST_INTEGER <= value <= LARGEST_INTEGER:
+        raise BadRequest(
+            f"The number {token[:40]} is out of range: integers in a resource must fit in 64 bits",
+            code="value",
+        )
+    return value
 
 
 def _no_nan(token: str) -> Any:

@@ -48,7 +48,10 @@ def parse_decimal(raw: str) -> float | int:
 def parse_integer(raw: str) -> int:
     if not _INTEGER.match(raw):
         raise CellError(f"'{raw}' is not an integer")
-    return int(raw)
+    value = int(raw)
+    if not -(2**31) <= value < 2**31:
+        raise CellError(f"'{raw}' is out of range for a FHIR integer (32 bits)")
+    return value
 
 
 def parse_date(raw: str) -> str:

@@ -39,6 +39,7 @@ JsonDict = dict[str, Any]
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_UID_LENGTH = 64
+MAX_FHIR_INTEGER = 2**31 - 1
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 RFC3986 = "urn:ietf:rfc:3986"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -95,9 +96,11 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         return None  # an IS that is not an integer is dropped, not fatal
+    # Where they go (series.number, instance.number) is a FHIR unsignedInt.
+    return number if 0 <= number <= MAX_FHIR_INTEGER else None
 
 
 def _date(raw: str | None) -> str | None:

@@ -290,7 +290,12 @@ def number(text: str) -> float | int:
     text = text.strip()
     if not _NUMBER.fullmatch(text):
         raise ValueError(f"{text!r} is not a number")
-    return float(text) if ("." in text) else int(text)
+    if "." in text:
+        return float(text)
+    value = int(text)
+    if not -(2**63) <= value < 2**63:  # past what the store's JSON encoder writes
+        raise ValueError(f"{text[:40]!r} is out of range (more than 64 bits)")
+    return value
 
 
 @lru_cache(maxsize=1024)

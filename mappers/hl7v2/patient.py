@@ -189,7 +189,7 @@ def map_patient(ctx: MappingContext, pid: Segment) -> str:
         patient["maritalStatus"] = {"coding": [coding]}
     multiple = pid.text(24).upper()
     order = pid.text(25)
-    if order.isdigit():
+    if order.isdigit() and int(order) < 2**31:  # a FHIR integer
         patient["multipleBirthInteger"] = int(order)
     elif multiple in ("Y", "N"):
         patient["multipleBirthBoolean"] = multiple == "Y"

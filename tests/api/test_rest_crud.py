@@ -179,6 +179,14 @@ def test_bad_bodies_get_outcomes_and_write_nothing(fhir: httpx.Client) -> None:
         (b'{"resourceType": "Patient", "birthDate": "1970-13-45"}', 422, "Patient.birthDate"),
         (b'{"resourceType": "Patient", "unknownElement": true}', 422, "unknownElement"),
         (b"[]", 400, "JSON object"),
+        # Found by tests/api/test_api_fuzz.py: an integer past 64 bits was a 500 at the write.
+        (b'{"resourceType": "Patient", "multipleBirthInteger": 99999999999999999999}', 400, "64"),
+        (
+            b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"},'
+            b' "valueQuantity": {"value": -9223372036854775809}}',
+            400,
+            "out of range",
+        ),
         (b"", 400, "empty"),
     ]
     for body, status, text in cases:

@@ -44,6 +44,14 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(st.lists(st.one_of(mutated(), st.binary(max_size=300)), min_size=10, max_size=15))
 # Found by this test on 2026-12-03: "MSH" then a line break crashed reading the header.
 @example(payloads=[b"MSH\r|", b"MSH\n", b"xMSH\r\n|^~\\&"])
+# Found by tests/api/test_api_fuzz.py on 2026-12-06: a result past 64 bits failed the write.
+@example(
+    payloads=[
+        b"MSH|^~\\&|LAB|H|HESTIA|H|20240105101500||ORU^R01|M-77|P|2.5.1\r"
+        b"PID|1||7001^^^GHH^MR||ROE^RICHARD||19700203|M\rOBR|1||F-1|2345-7^Glucose^LN\r"
+        b"OBX|1|NM|2345-7^Glucose^LN||99999999999999999999999|mg/dL|||||F\r"
+    ]
+)
 def test_any_bytes_are_stored_and_answered(database: EmbeddedServer, payloads: list[bytes]) -> None:
     async def run() -> None:
         wiring = await wire(database.uri)

@@ -29,6 +29,7 @@ from mappers.csv import (
     match_map,
 )
 from mappers.csv import converter as convert_module
+from mappers.csv.values import CellError, parse_integer
 
 SYNTHEA = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "csv" / "synthea"
 LAB_HEADER = "patient_id,loinc,value,unit,effective,status,display,specimen_id\n"
@@ -286,3 +287,11 @@ def test_mapping_throughput() -> None:
     # Target is >= 5,000 rows/s (measured ~12k on the dev box); the bound leaves room
     # for a loaded CI machine.
     assert rate > 2000, f"{rate:.0f} rows/s"
+
+
+@pytest.mark.parametrize("raw", ["2147483648", "-2147483649", "99999999999999999999999"])
+def test_an_integer_cell_past_32_bits_is_refused(raw: str) -> None:
+    # An integer column fills a FHIR integer (32 bits); past 64 the write itself failed.
+    with pytest.raises(CellError, match="out of range"):
+        parse_integer(raw)
+    assert parse_integer("2147483647") == 2**31 - 1

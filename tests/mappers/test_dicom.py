@@ -328,6 +328,18 @@ def test_dicom_json_value_of_the_wrong_kind_is_a_bad_request() -> None:
     assert "invalid DICOM JSON item 0" in info.value.diagnostics
 
 
+@pytest.mark.parametrize("number", ["-1", "99999999999"])
+def test_a_series_or_instance_number_no_unsigned_int_holds_is_left_out(number: str) -> None:
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2", "1.2.3", "1.2.3.4"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SeriesNumber, ds.InstanceNumber = number, number
+    (result,) = map_datasets([ds])
+    ImagingStudy.model_validate(result.imaging_study)
+    (series,) = result.imaging_study["series"]
+    assert "number" not in series and "number" not in series["instance"][0]
+
+
 def test_invalid_dicom_json_is_bad_request() -> None:
     with pytest.raises(BadRequest):
         map_dicom_json(b"{not json")

@@ -443,6 +443,8 @@ def test_obx_value_types(obx: str, expected: dict[str, Any]) -> None:
         ("OBX|1|ED|1^a^LN||^AP^PDF^Base64^QUJ!||||||F\r", "OBX-5.5"),
         # Found by the fuzz test: a byte outside ASCII in data declared Base64.
         ("OBX|1|ED|1^a^LN||^AP^PDF^Base64^QUJD\u20ac||||||F\r", "OBX-5.5"),
+        # Found by tests/api/test_api_fuzz.py: past 64 bits the write failed with a 500.
+        ("OBX|1|NM|1^a^LN||99999999999999999999999|mg||||F\r", "OBX-5"),
     ],
 )
 def test_unmappable_obx_is_ae_with_location(obx: str, location: str) -> None:
@@ -454,6 +456,13 @@ def test_unmappable_obx_is_ae_with_location(obx: str, location: str) -> None:
     assert error.location == location
     outcome = error.to_outcome()
     assert outcome["issue"][0]["expression"] == [location]
+
+
+def test_a_birth_order_past_a_fhir_integer_is_left_out() -> None:
+    pid = PID_SHORT.rstrip("\r") + "|" * 16 + "Y|99999999999\r"
+    patient = one(run(msh("ADT^A04") + "EVN|A04\r" + pid), "Patient")
+    assert "multipleBirthInteger" not in patient
+    assert patient["multipleBirthBoolean"] is True
 
 
 def test_second_obx_error_names_its_occurrence() -> None:
