@@ -7,6 +7,7 @@ arbitrary JSON. Over HTTP against the session's real server and database."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -459,3 +460,97 @@ def test_a_damaged_payload_is_kept_and_answered_without_a_server_error(
             stored = fhir.get(f"/Binary/{raw_id}", headers={"Accept": "application/octet-stream"})
             assert stored.status_code == 200, stored.text
             assert stored.content == data
+
+
+@pytest.fixture(scope="module")
+def secured_server(
+    database: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """Authentication on, as a hospital runs it: the authorization server's endpoints."""
+    tmp = tmp_path_factory.mktemp("fuzz-auth")
+    server = start_hestia(
+        tmp,
+        {"HESTIA_MONGODB_URI": database.uri, "HESTIA_DATABASE": "fuzz_auth", "HESTIA_AUTH": "on"},
+        name="fuzz-auth",
+    )
+    yield server
+    stop_hestia(server)
+
+
+OAUTH_FIELDS = [
+    "grant_type", "code", "redirect_uri", "client_id", "client_secret", "scope", "refresh_token",
+    "code_verifier", "client_assertion", "client_assertion_type", "token", "token_type_hint",
+    "response_type", "state", "aud", "launch", "code_challenge", "code_challenge_method",
+]  # fmt: skip
+OAUTH_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "client_credentials",
+            "authorization_code",
+            "refresh_token",
+            "code",
+            "S256",
+            "plain",
+            "system/*.rs",
+            "patient/*.rs openid fhirUser launch/patient",
+            "user/*.cruds",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "hestia-dev",
+            "eyJhbGciOiJub25lIn0.e30.",
+            "a.b.c",
+            "http://127.0.0.1/cb",
+            "",
+        ]
+    ),
+    st.text(max_size=40),
+)
+
+
+def _sendable(value: str) -> bool:
+    """What an HTTP client can put in a header: printable ASCII, not empty, no outer spaces."""
+    return bool(value) and value.isascii() and value.isprintable() and value == value.strip()
+
+
+@FUZZ
+@given(
+    st.sampled_from(["/oauth/token", "/oauth/introspect", "/oauth/revoke", "/oauth/authorize"]),
+    st.dictionaries(st.sampled_from(OAUTH_FIELDS), OAUTH_VALUES, max_size=6),
+    st.sampled_from(["form", "query", "basic", "bearer"]),
+    OAUTH_VALUES,
+)
+def test_the_authorization_server_answers_any_request_without_a_server_error(
+    secured_server: RunningServer,
+    endpoint: str,
+    fields: dict[str, str],
+    how: str,
+    credential: str,
+) -> None:
+    headers: dict[str, str] = {}
+    if how == "basic" and credential:
+        token = base64.b64encode(credential.encode("utf-8", "surrogatepass")).decode()
+        headers["Authorization"] = f"Basic {token}"
+    elif how == "bearer" and _sendable(credential):
+        headers["Authorization"] = f"Bearer {credential}"
+    url = secured_server.base + endpoint
+    if how == "query" or endpoint == "/oauth/authorize":
+        response = httpx.get(url, params=fields, headers=headers, timeout=30)
+    else:
+        response = httpx.post(url, data=fields, headers=headers, timeout=30)
+    assert response.status_code < 500, (
+        f"{endpoint} {fields}: {response.status_code} {response.text}"
+    )
+    event(f"{endpoint}: {response.status_code}")
+
+
+@FUZZ
+@given(search_items(), OAUTH_VALUES)
+def test_a_secured_fhir_api_answers_any_token_without_a_server_error(
+    secured_server: RunningServer, search: tuple[str, list[tuple[str, str]]], token: str
+) -> None:
+    resource_type, items = search
+    headers = {"Authorization": f"Bearer {token}"} if _sendable(token) else {}
+    response = httpx.get(
+        f"{secured_server.fhir}/{resource_type}?{urlencode(items)}", headers=headers, timeout=30
+    )
+    assert response.status_code in (400, 401, 403, 406), response.text
+    assert_answered(response)
