@@ -217,21 +217,26 @@ def _paths(value: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return found
 
 
-@st.composite
-def damaged_resources(draw: st.DrawFn) -> dict[str, Any]:
-    resource = json.loads(json.dumps(draw(st.sampled_from(EXAMPLES))))
+def _damage(draw: st.DrawFn, document: dict[str, Any], values: st.SearchStrategy[Any]) -> None:
+    """Delete or replace (with one of `values`) one to three elements anywhere in `document`."""
     for _ in range(draw(st.integers(1, 3))):
-        paths = _paths(resource)
+        paths = _paths(document)
+        if not paths:
+            return
         path = draw(st.sampled_from(paths))
-        parent: Any = resource
+        parent: Any = document
         for step in path[:-1]:
             parent = parent[step]
         if draw(st.booleans()) and isinstance(parent, dict):
             del parent[path[-1]]
         else:
-            parent[path[-1]] = draw(JSON_VALUES)
-        if not isinstance(resource, dict) or not resource:
-            break
+            parent[path[-1]] = draw(values)
+
+
+@st.composite
+def damaged_resources(draw: st.DrawFn) -> dict[str, Any]:
+    resource: dict[str, Any] = json.loads(json.dumps(draw(st.sampled_from(EXAMPLES))))
+    _damage(draw, resource, JSON_VALUES)
     return resource
 
 
@@ -377,15 +382,7 @@ def damaged_transactions(draw: st.DrawFn) -> dict[str, Any]:
             {"request": {"method": "GET", "url": "Patient?name=fuzz"}},
         ],
     }
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_paths(bundle)))
-        parent: Any = bundle
-        for step in path[:-1]:
-            parent = parent[step]
-        if draw(st.booleans()) and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(st.one_of(JSON_VALUES, VALUES))
+    _damage(draw, bundle, st.one_of(JSON_VALUES, VALUES))
     return bundle
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from app.fhir.outcome import FhirError
 from mappers.csv import iter_rows, load_map
-from mappers.dicom import map_dicom_json, map_part10, transaction_bundle
+from mappers.dicom import StudyResources, map_dicom_json, map_part10, transaction_bundle
 from tests.fuzzing import examples, fuzz
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
@@ -63,15 +64,21 @@ def mutated_part10(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@FUZZ
-@given(mutated_part10())
-def test_a_damaged_part10_file_maps_or_is_refused_with_a_reason(data: bytes) -> None:
+def mapped_or_refused(study_results: Callable[[], list[StudyResources]]) -> None:
+    """The results validate as a transaction Bundle, or the mapper refused with a reason."""
     try:
-        result = map_part10(data)
+        results = study_results()
     except FhirError as error:
         assert error.to_outcome()["issue"][0]["diagnostics"]
         return
-    valid_bundle(transaction_bundle([result]))
+    if results:
+        valid_bundle(transaction_bundle(results))
+
+
+@FUZZ
+@given(mutated_part10())
+def test_a_damaged_part10_file_maps_or_is_refused_with_a_reason(data: bytes) -> None:
+    mapped_or_refused(lambda: [map_part10(data)])
 
 
 JSON_VALUES = st.recursive(
@@ -110,13 +117,7 @@ def mutated_dicom_json(draw: st.DrawFn) -> bytes:
 @FUZZ
 @given(mutated_dicom_json())
 def test_damaged_dicom_json_maps_or_is_refused_with_a_reason(data: bytes) -> None:
-    try:
-        results = map_dicom_json(data)
-    except FhirError as error:
-        assert error.to_outcome()["issue"][0]["diagnostics"]
-        return
-    if results:
-        valid_bundle(transaction_bundle(results))
+    mapped_or_refused(lambda: map_dicom_json(data))
 
 
 CELLS = st.one_of(
