@@ -34,6 +34,7 @@ from pymongo import AsyncMongoClient
 
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
+from app.store.client import close_client
 from app.tasks import cancel_and_wait
 
 log = logging.getLogger("hestia.audit")
@@ -66,7 +67,7 @@ async def _main(uri: str, database: str, parent: int) -> None:
     try:
         await follow_journal(AuditIndex(client[database]), parent=parent)
     finally:
-        await client.close()
+        await close_client(client)
 
 
 class IndexerProcess:

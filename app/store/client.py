@@ -23,6 +23,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
@@ -198,6 +199,17 @@ def start_embedded(data_dir: Path, fhir_base: str = "", *, wait: bool = True) ->
     return server
 
 
+# Closing a client ends its server sessions, which needs a server. With the database already
+# gone (a killed `hestia serve` takes its embedded database with it) an unbounded close waited
+# out the whole server selection timeout, 10 s, and a worker's shutdown with it.
+CLOSE_TIMEOUT_S = 1.0
+
+
+async def close_client(client: AsyncMongoClient[Any]) -> None:
+    with pymongo.timeout(CLOSE_TIMEOUT_S):
+        await client.close()
+
+
 class Database:
     """Owns the client and, when embedded, the server process."""
 
@@ -239,7 +251,7 @@ class Database:
                 await asyncio.sleep(0.1)
 
     async def close(self) -> None:
-        await self.client.close()
+        await close_client(self.client)
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 
