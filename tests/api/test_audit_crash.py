@@ -60,7 +60,15 @@ def test_every_answered_read_is_audited_after_a_kill(tmp_path: Path, workers: in
     threads = [threading.Thread(target=reader, args=(n,)) for n in range(READERS)]
     for thread in threads:
         thread.start()
-    time.sleep(2.0)
+    # Kill it under load: once reads are being answered (2 s were not always enough for two
+    # workers under the full suite's load: no read had been answered yet), and a moment on.
+    loaded_by = time.monotonic() + 20
+    while time.monotonic() < loaded_by:
+        with lock:
+            if sum(answered.values()) >= 100:
+                break
+        time.sleep(0.1)
+    time.sleep(0.5)
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait(10)
     time.sleep(0.5)
