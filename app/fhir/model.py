@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.fhir.numbers import is_storable
 from app.fhir.outcome import BadRequest, FhirError, NotFound, Unprocessable, issue
 
 JsonDict = dict[str, Any]
@@ -273,15 +274,11 @@ def parse_json(body: bytes, *, max_depth: int) -> Any:
     return data
 
 
-# What the store's JSON encoder (orjson) can write: a larger integer was a 500 at the first
-# write. FHIR's integer is 32-bit; a decimal this large, written without a fraction, is not
-# a clinical value.
-SMALLEST_INTEGER, LARGEST_INTEGER = -(2**63), 2**64 - 1
-
-
 def _bounded_int(token: str) -> int:
+    # Past what the store writes, the first write was a 500. A decimal this large, written
+    # without a fraction, is not a clinical value.
     value = int(token)
-    if not SMALLEST_INTEGER <= value <= LARGEST_INTEGER:
+    if not is_storable(value):
         raise BadRequest(
             f"The number {token[:40]} is out of range: integers in a resource must fit in 64 bits",
             code="value",

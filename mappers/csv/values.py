@@ -11,6 +11,8 @@ import re
 import uuid
 from datetime import date, datetime
 
+from app.fhir.numbers import is_fhir_integer
+
 # Fixed namespace: the same feed row gives the same resource id on every server and upload.
 ID_NAMESPACE = uuid.UUID("6f1c4a52-3b0e-5e8c-9a57-0e3f2d1b7c44")
 
@@ -49,7 +51,7 @@ def parse_integer(raw: str) -> int:
     if not _INTEGER.match(raw):
         raise CellError(f"'{raw}' is not an integer")
     value = int(raw)
-    if not -(2**31) <= value < 2**31:
+    if not is_fhir_integer(value):
         raise CellError(f"'{raw}' is out of range for a FHIR integer (32 bits)")
     return value
 

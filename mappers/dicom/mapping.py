@@ -32,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.valuerep import PersonName
 
+from app.fhir.numbers import INTEGER_MAX
 from app.fhir.outcome import Unprocessable
 
 JsonDict = dict[str, Any]
@@ -39,7 +40,6 @@ JsonDict = dict[str, Any]
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_UID_LENGTH = 64
-MAX_FHIR_INTEGER = 2**31 - 1
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 RFC3986 = "urn:ietf:rfc:3986"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -100,7 +100,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     except (TypeError, ValueError):
         return None  # an IS that is not an integer is dropped, not fatal
     # Where they go (series.number, instance.number) is a FHIR unsignedInt.
-    return number if 0 <= number <= MAX_FHIR_INTEGER else None
+    return number if 0 <= number <= INTEGER_MAX else None
 
 
 def _date(raw: str | None) -> str | None:

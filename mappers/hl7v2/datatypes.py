@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+from app.fhir.numbers import is_storable
 from mappers.hl7v2.parse import Encoding, component_text, components
 from terminology.conceptmap import translate
 
@@ -293,7 +294,7 @@ def number(text: str) -> float | int:
     if "." in text:
         return float(text)
     value = int(text)
-    if not -(2**63) <= value < 2**63:  # past what the store's JSON encoder writes
+    if not is_storable(value):
         raise ValueError(f"{text[:40]!r} is out of range (more than 64 bits)")
     return value
 

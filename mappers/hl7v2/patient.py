@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.fhir.numbers import is_fhir_integer
 from mappers.hl7v2.context import MappingContext
 from mappers.hl7v2.datatypes import (
     address,
@@ -189,7 +190,7 @@ def map_patient(ctx: MappingContext, pid: Segment) -> str:
         patient["maritalStatus"] = {"coding": [coding]}
     multiple = pid.text(24).upper()
     order = pid.text(25)
-    if order.isdigit() and int(order) < 2**31:  # a FHIR integer
+    if order.isdigit() and is_fhir_integer(int(order)):
         patient["multipleBirthInteger"] = int(order)
     elif multiple in ("Y", "N"):
         patient["multipleBirthBoolean"] = multiple == "Y"

@@ -28,18 +28,22 @@ from tests.fuzzing import examples, fuzz
 pytestmark = fuzz
 
 
+def own_server(
+    database: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory, name: str, **env: str
+) -> Iterator[RunningServer]:
+    """A server with a database of its own on the session's database server: what the fuzzing
+    stores must not show up in other tests' searches."""
+    environment = {"HESTIA_MONGODB_URI": database.uri, "HESTIA_DATABASE": name, **env}
+    server = start_hestia(tmp_path_factory.mktemp(name), environment, name=name)
+    yield server
+    stop_hestia(server)
+
+
 @pytest.fixture(scope="module")
 def fuzzed_server(
     database: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A server of its own (its own database on the session's database server): what the
-    fuzzing stores must not show up in other tests' searches."""
-    tmp = tmp_path_factory.mktemp("fuzz")
-    server = start_hestia(
-        tmp, {"HESTIA_MONGODB_URI": database.uri, "HESTIA_DATABASE": "fuzz_api"}, name="fuzz"
-    )
-    yield server
-    stop_hestia(server)
+    yield from own_server(database, tmp_path_factory, "fuzz_api")
 
 
 @pytest.fixture
@@ -469,14 +473,7 @@ def secured_server(
     database: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """Authentication on, as a hospital runs it: the authorization server's endpoints."""
-    tmp = tmp_path_factory.mktemp("fuzz-auth")
-    server = start_hestia(
-        tmp,
-        {"HESTIA_MONGODB_URI": database.uri, "HESTIA_DATABASE": "fuzz_auth", "HESTIA_AUTH": "on"},
-        name="fuzz-auth",
-    )
-    yield server
-    stop_hestia(server)
+    yield from own_server(database, tmp_path_factory, "fuzz_auth", HESTIA_AUTH="on")
 
 
 OAUTH_FIELDS = [
