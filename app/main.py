@@ -27,6 +27,7 @@ from app.audit.journal import HYDRATE_FIELDS, resources_of
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.audit.relay import RelayClient
+from app.audit.search import AuditSearchEngine
 from app.context import Services
 from app.fhir import model
 from app.fhir.interactions import Interactions
@@ -159,8 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 security=security,
                 audit_store=audit_store,
                 audit_index=audit_index,
-                audit_search=SearchEngine(
+                audit_search=AuditSearchEngine(
                     audit_store,
+                    audit_index,
                     cursor_secret=cursor_secret,
                     hydrate=partial(resources_of, audit_database),
                     hydrate_fields=HYDRATE_FIELDS,

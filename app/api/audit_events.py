@@ -13,8 +13,8 @@ from typing import Any
 from starlette.requests import Request
 
 from app.api.access import authorize
-from app.audit.chain import EVENTS, REFUSED_MODIFIERS, SEARCH_PARAMETERS, seq_key
-from app.audit.journal import HYDRATE_FIELDS, UnreadableBlock, resources_of
+from app.audit.chain import REFUSED_MODIFIERS, SEARCH_PARAMETERS, digest
+from app.audit.journal import UnreadableBlock, journaled_event
 from app.audit.projection import AuditIndex
 from app.context import Services
 from app.fhir.outcome import BadRequest, FhirError, Forbidden, MethodNotAllowed, NotFound
@@ -114,22 +114,19 @@ def journal_damage(exc: UnreadableBlock) -> FhirError:
 
 
 async def read_event(request: Request, event_id: str, vid: str | None = None) -> Version:
+    """An AuditEvent straight from the journal, checked against its hash."""
     services: Services = request.app.state.services
     if not event_id.isdigit() or (vid is not None and vid != "1"):
         raise NotFound(f"AuditEvent/{event_id[:64]} is not known")
-    await index_for_auditors(services.audit_index)
-    doc = await services.audit_store.current(EVENTS).find_one(
-        {"_id": seq_key(int(event_id))},
-        {"written": 1, **dict.fromkeys(HYDRATE_FIELDS, 1)},  # the event is the journal's
-    )
-    if doc is None:
-        raise NotFound(f"AuditEvent/{event_id} is not known")
+    seq = int(event_id)
     try:
-        await resources_of(services.audit_store.db, [doc])
+        event = await journaled_event(services.audit_store.db, seq) if 0 < seq < 2**62 else None
     except UnreadableBlock as exc:
         raise journal_damage(exc) from None
-    resource = {
-        **doc["resource"],
-        "meta": {"versionId": "1", "lastUpdated": instant(doc["written"])},
-    }
-    return Version(AUDIT_EVENT, event_id, 1, doc["written"], resource)
+    if event is None:
+        raise NotFound(f"AuditEvent/{event_id} is not known")
+    if digest(event) != event.get("hash"):
+        raise journal_damage(UnreadableBlock(f"event {seq} does not match its hash"))
+    written = event["written"]
+    resource = {**event["resource"], "meta": {"versionId": "1", "lastUpdated": instant(written)}}
+    return Version(AUDIT_EVENT, str(seq), 1, written, resource)

@@ -9,15 +9,10 @@ changing, deleting, inserting or swapping events breaks the chain at the first p
 touched.
 
 Events are stored durably in the journal, one block document per group commit (see
-app/audit/journal.py), and later indexed for auditors (projection.py): one document per event,
-the shape of a FHIR store's current versions so that the ordinary search engine answers
-auditors' AuditEvent searches, holding the event's fields but its `resource`, plus the derived
-fields `compartments`, `s` (search keys), `deleted` and `block` (the `_id` of the journal block
-holding it). The AuditEvent itself is read from the journal, checked against the event's hash
-(journal.resources_of): auditors see what the chain vouches for, and the index costs the
-database a third less per event (measured: 0.13 against 0.2 ms of database CPU per document).
-The derived fields are not hashed: they are recomputed from the hashed `resource` when the
-chain is verified. Index documents written before 2026-12-03 still hold the resource.
+app/audit/journal.py), and indexed for auditors afterwards, one index document per block
+(block_index.py). Auditors get the AuditEvent itself from the journal, checked against the
+event's hash: they see what the chain vouches for. The index is derived, never hashed, and
+recomputed from the hashed events when the chain is verified.
 """
 
 from __future__ import annotations
@@ -29,15 +24,15 @@ from typing import Any
 
 import orjson
 
-from app.audit.events import JsonDict, event_patients
+from app.audit.events import JsonDict
 from app.fhir.search.extract import build_index
 from app.store.versions import instant
 
 AUDIT_DATABASE_SUFFIX = "_audit"
-# The search index of the journal, named like a FHIR store's current collection: the search
-# engine reads it as one.
-EVENTS = "AuditEvent"
-# Fields of an indexed event that are derived from its resource, and so not hashed.
+# The per-event search index of versions before the block index (block_index.py): no longer
+# written or read; retention still purges what an older version left there.
+LEGACY_EVENT_INDEX = "AuditEvent"
+# Fields of a chained event that are not part of its hashed content.
 DERIVED_FIELDS = frozenset({"hash", "compartments", "s", "deleted", "block"})
 # The AuditEvent search parameters auditors get (issue: date, patient, agent, entity, type,
 # subtype, action, outcome, address, source); only their keys are extracted, to keep the cost
@@ -58,6 +53,8 @@ SEARCH_PARAMETERS = frozenset(
 )
 # The durable record: one block of consecutive events per group commit.
 JOURNAL = "audit_journal"
+# The auditors' index of the journal, one document per block (block_index.py).
+BLOCK_INDEX = "audit_block_index"
 CHECKPOINTS = "audit_checkpoints"
 GENESIS = "0" * 64
 
@@ -132,19 +129,37 @@ def recorded_of(event: JsonDict) -> datetime:
 
 
 def link(
-    events: list[JsonDict], head_seq: int, head_hash: str, *, batch: str, writer: str
+    events: list[JsonDict],
+    head_seq: int,
+    head_hash: str,
+    *,
+    batch: str,
+    writer: str,
+    floor: datetime | None = None,
 ) -> list[JsonDict]:
-    """Chained event documents for `events`, following the event (head_seq, head_hash)."""
+    """Chained event documents for `events`, following the event (head_seq, head_hash).
+
+    `recorded` never goes back along the chain: an event is recorded no earlier than the one
+    before it (`floor`, the head's), so chain order is also `recorded` order and auditors'
+    date-ordered searches page by seq (app/audit/search.py). An event built a moment before
+    another but committed after it (two workers, two hosts, clocks apart) is recorded when the
+    log took it; the difference is the commit wait, milliseconds."""
     written = millis(datetime.now(UTC))
     documents = []
     prev = head_hash
     for offset, event in enumerate(events, start=1):
         seq = head_seq + offset
+        recorded = recorded_of(event)
+        resource = {**event, "id": str(seq)}
+        if floor is not None and recorded < floor:
+            recorded = floor
+            resource["recorded"] = instant_text(recorded)
+        floor = recorded
         document: JsonDict = {
             "_id": seq_key(seq),
             "prev": prev,
-            "resource": {**event, "id": str(seq)},
-            "recorded": recorded_of(event),
+            "resource": resource,
+            "recorded": recorded,
             "batch": batch,
             "writer": writer,
             "written": written,
@@ -153,21 +168,3 @@ def link(
         prev = document["hash"]
         documents.append(document)
     return documents
-
-
-def derived_fields(event: JsonDict) -> JsonDict:
-    """What the search index adds to a chained event: patients, search keys, not deleted."""
-    resource = event["resource"]
-    return {
-        "compartments": event_patients(resource),
-        "s": search_keys(resource),
-        "deleted": False,
-    }
-
-
-def indexed(event: JsonDict, block: str) -> JsonDict:
-    """The search-index document of a chained event held by journal block `block`:
-    everything but the resource, plus the derived fields."""
-    document = {k: v for k, v in event.items() if k != "resource"}
-    document.update(derived_fields(event), block=block)
-    return document

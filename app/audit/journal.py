@@ -26,7 +26,7 @@ unique `_id` index is the compare-and-swap that keeps one total order across pro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -141,7 +141,7 @@ async def _head_after(
     """The newest journaled event after checkpoint `floor` (or the floor itself); None if the
     journal changed under the search in a way only a purge explains."""
     floor_head = (int(floor["through_seq"]), str(floor["anchor"])) if floor else (0, GENESIS)
-    last = await _newest_seq(journal, floor_head[0])
+    last = await newest_seq(journal, floor_head[0])
     if last is None:
         return floor_head
     # Blocks other writers append during the search can end it inside a block, on a seq that
@@ -157,6 +157,16 @@ async def _head_after(
     return int(block["last"]), str(block["hash"])
 
 
+async def recorded_through(journal: AsyncCollection[JsonDict], seq: int) -> datetime | None:
+    """When event `seq`, a block's last, was recorded (None after a checkpoint, or if no block
+    ends there)."""
+    block = await journal.find_one({"last": seq}, {"recorded_max": 1})
+    recorded = None if block is None else block.get("recorded_max")
+    if not isinstance(recorded, datetime):
+        return None
+    return recorded if recorded.tzinfo is not None else recorded.replace(tzinfo=UTC)
+
+
 async def _holds(journal: AsyncCollection[JsonDict], seq: int) -> bool:
     """Whether event `seq` is journaled: the block holding it ends within MAX_BLOCK_EVENTS."""
     found = await journal.find_one(
@@ -165,7 +175,7 @@ async def _holds(journal: AsyncCollection[JsonDict], seq: int) -> bool:
     return found is not None
 
 
-async def _newest_seq(journal: AsyncCollection[JsonDict], floor: int) -> int | None:
+async def newest_seq(journal: AsyncCollection[JsonDict], floor: int) -> int | None:
     """The newest journaled seq after `floor`, by a galloping then binary search.
 
     The embedded database answers a sort with no narrow filter by loading every document, and
@@ -202,7 +212,7 @@ async def blocks_after(
     database: AsyncDatabase[Any], seq: int, *, until: int | None = None
 ) -> AsyncIterator[JsonDict]:
     """The blocks holding events after `seq` (through `until`, default the head), in chain
-    order. Read in narrow windows of the `last` index, for the reason given in _newest_seq."""
+    order. Read in narrow windows of the `last` index, for the reason given in newest_seq."""
     journal = database[JOURNAL]
     if until is None:
         until, _ = await read_head(journal, database[CHECKPOINTS])
@@ -238,6 +248,11 @@ async def located_events(
                 yield block, event
 
 
+async def journaled_event(database: AsyncDatabase[Any], seq: int) -> JsonDict | None:
+    """Event `seq` as the journal holds it (None if it holds none). Raises UnreadableBlock."""
+    return await anext(aiter(journal_events(database, seq - 1, until=seq)), None)
+
+
 # What `resources_of` needs of a search-index document, besides its `_id`.
 HYDRATE_FIELDS = ("block", "hash")
 
@@ -263,7 +278,7 @@ async def resources_of(database: AsyncDatabase[Any], documents: list[JsonDict]) 
         event = found.get(seq_id)
         if event is None:
             seq = int(seq_id)
-            event = await anext(aiter(journal_events(database, seq - 1, until=seq)), None)
+            event = await journaled_event(database, seq)
         if event is None or digest(event) != doc.get("hash"):
             raise UnreadableBlock(
                 f"event {int(seq_id)} of the audit search index does not match the journal"

@@ -37,6 +37,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import pymongo
@@ -45,9 +46,15 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, link
+from app.audit.chain import BLOCK_INDEX, CHECKPOINTS, JOURNAL, link
 from app.audit.events import JsonDict
-from app.audit.journal import MAX_BLOCK_EVENTS, block_of, ensure_journal_indexes, read_head
+from app.audit.journal import (
+    MAX_BLOCK_EVENTS,
+    block_of,
+    ensure_journal_indexes,
+    read_head,
+    recorded_through,
+)
 from app.tasks import cancel_and_wait
 
 log = logging.getLogger("hestia.audit")
@@ -61,7 +68,7 @@ MONGODB_ROLES = """\
 db.createRole({role: "hestiaAuditWriter",
   privileges: [{resource: {db: "hestia_audit", collection: "audit_journal"},
                 actions: ["find", "insert", "createIndex"]},
-               {resource: {db: "hestia_audit", collection: "AuditEvent"},
+               {resource: {db: "hestia_audit", collection: "audit_block_index"},
                 actions: ["find", "insert", "createIndex"]},
                {resource: {db: "hestia_audit", collection: "audit_checkpoints"},
                 actions: ["find", "createIndex"]}],
@@ -69,7 +76,7 @@ db.createRole({role: "hestiaAuditWriter",
 db.createRole({role: "hestiaAuditOperator",
   privileges: [{resource: {db: "hestia_audit", collection: "audit_journal"},
                 actions: ["find", "insert", "remove"]},
-               {resource: {db: "hestia_audit", collection: "AuditEvent"},
+               {resource: {db: "hestia_audit", collection: "audit_block_index"},
                 actions: ["find", "insert", "remove"]},
                {resource: {db: "hestia_audit", collection: "audit_checkpoints"},
                 actions: ["find", "insert"]}],
@@ -129,6 +136,8 @@ class AuditLog:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._head: tuple[int, str] | None = None
+        # When the head event was recorded: no event after it is recorded earlier (chain.link).
+        self._head_recorded: datetime | None = None
         self._head_at = 0.0
         self._batch_counter = 0
         # When the writer last had work: the search index is brought up to date when quiet.
@@ -278,7 +287,14 @@ class AuditLog:
         lost = 0
         while True:
             head_seq, head_hash = await self._current_head()
-            documents = link(events, head_seq, head_hash, batch=batch_id, writer=self.writer_id)
+            documents = link(
+                events,
+                head_seq,
+                head_hash,
+                batch=batch_id,
+                writer=self.writer_id,
+                floor=self._head_recorded,
+            )
             try:
                 await self._journal.insert_one(block_of(documents))
             except DuplicateKeyError:
@@ -300,6 +316,7 @@ class AuditLog:
                 raise
             last = documents[-1]
             self._head = (int(last["_id"]), last["hash"])
+            self._head_recorded = last["recorded"]
             self._head_at = time.monotonic()
             return [int(d["_id"]) for d in documents]
 
@@ -309,7 +326,10 @@ class AuditLog:
         if self._head is not None and time.monotonic() - self._head_at < self.head_ttl:
             return self._head
         assert self._journal is not None and self._checkpoints is not None
-        self._head = await read_head(self._journal, self._checkpoints, known=self._head)
+        head = await read_head(self._journal, self._checkpoints, known=self._head)
+        if head != self._head:
+            self._head_recorded = await recorded_through(self._journal, head[0])
+        self._head = head
         self._head_at = time.monotonic()
         return self._head
 
@@ -321,19 +341,16 @@ class AuditLog:
 
 
 async def ensure_indexes(database: AsyncDatabase[Any], *, search: bool = False) -> None:
-    """Indexes for auditors' queries (patient + date, date ranges), only when asked.
+    """The journal's and the block index's `last` indexes, which every range read and probe
+    goes through, and, only when asked, one for auditors' patient queries.
 
-    They are maintained as the search index is brought up to date, off the request path but
-    on the same two cores. On the embedded SecantusDB the two below cost about 0.2 ms of CPU
-    per event, as much as the read being audited, so they are off by default there; on
-    MongoDB they cost microseconds and should be on.
-    """
+    That one is maintained as blocks are indexed, off the request path but on the same
+    cores; a block index document costs little, and on MongoDB it should be on."""
     await database[CHECKPOINTS].create_index([("through_seq", DESCENDING)], name="through_seq")
     await ensure_journal_indexes(database)
-    if not search:
-        return
-    events = database[EVENTS]
-    await events.create_index([("recorded", ASCENDING), ("_id", ASCENDING)], name="recorded")
-    await events.create_index(
-        [("compartments", ASCENDING), ("recorded", ASCENDING)], name="patients_recorded"
-    )
+    blocks = database[BLOCK_INDEX]
+    await blocks.create_index([("last", ASCENDING)], name="last")
+    if search:
+        await blocks.create_index(
+            [("compartments", ASCENDING), ("last", ASCENDING)], name="patients_last"
+        )

@@ -1,8 +1,9 @@
-"""The search index of the audit log: one document per event, derived from the journal.
+"""The auditors' index of the audit log, derived from the journal: one document per block.
 
-Auditors search AuditEvents by patient, date, agent … through the ordinary search engine,
-which needs one document per event with its search keys. Building those on the request path
-would double what auditing costs every read, so they are derived from the journal afterwards:
+Auditors search AuditEvents by patient, date, agent …; app/audit/search.py answers those
+searches from index documents built by app/audit/block_index.py, one per journal block.
+Building them on the request path would add to what auditing costs every read, so they are
+derived from the journal afterwards:
 
 - all of the backlog when the writer of this process has been quiet for a moment, or under
   light load (`follow`, `Pacing.due`);
@@ -14,11 +15,11 @@ would double what auditing costs every read, so they are derived from the journa
 - always before an auditor's read or search is answered (`catch_up`), so auditors never miss
   an event that was durable when they asked. The backlog bound is what bounds their wait.
 
-The index is a contiguous prefix of the chain: events are inserted in seq order, ordered, and
-an insert that meets an event another process indexed first stops there, so what is indexed
-never has holes; the next event to index is the newest indexed one plus one. Everything here
-is re-derivable from the journal, and `hestia audit verify` checks each indexed event against
-it (a changed, forged or deleted index document is reported like a broken link).
+The index is a contiguous prefix of the journal: blocks are indexed in chain order, ordered,
+and an insert that meets a block another process indexed first stops there, so what is
+indexed never has holes; the next block to index is the one after the newest indexed one.
+Everything here is re-derivable from the journal, and `hestia audit verify` checks each index
+document against it (a changed, forged or deleted one is reported like a broken link).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from pymongo import WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from app.audit.chain import EVENTS, indexed, seq_key
-from app.audit.journal import checkpoint_seq, located_events
+from app.audit.block_index import Previous, index_block, previous_of
+from app.audit.chain import BLOCK_INDEX
+from app.audit.journal import blocks_after, checkpoint_seq, newest_seq
 from app.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -45,47 +47,39 @@ DUPLICATE_KEY = 11000
 
 
 class AuditIndex:
-    """Brings the per-event search index of one audit database up to date with its journal."""
+    """Brings the block index of one audit database up to date with its journal."""
 
-    def __init__(self, database: AsyncDatabase[Any], *, chunk: int = 500) -> None:
+    def __init__(self, database: AsyncDatabase[Any], *, chunk: int = 2_000) -> None:
         self.database = database
+        # Events per pass: whole blocks are indexed, so a pass may take a block more.
         self.chunk = chunk
         # Rebuildable from the journal, so one acknowledgement is enough.
-        self._events = database.get_collection(EVENTS, write_concern=WriteConcern(w=1))
+        self.blocks = database.get_collection(BLOCK_INDEX, write_concern=WriteConcern(w=1))
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.indexed_through = 0
+        self._previous: Previous | None = None
 
     async def watermark(self) -> int:
         """The newest indexed seq (or the purge checkpoint, or 0).
 
-        The index is a contiguous run of seqs after the checkpoint, so "is seq indexed" is
-        true up to the watermark and false after it: found from the last known watermark by
-        point reads of `_id`, the one kind of read the embedded database answers without
-        loading the whole collection.
-        """
-        low = max(self.indexed_through, await checkpoint_seq(self.database))
-        if not await self._has(low + 1):
-            self.indexed_through = low
-            return low
-        low, step = low + 1, 1
-        while await self._has(low + step):
-            low, step = low + step, step * 2
-        high = low + step  # low is indexed, high is not
-        while high - low > 1:
-            middle = (low + high) // 2
-            if await self._has(middle):
-                low = middle
-            else:
-                high = middle
-        self.indexed_through = low
-        return low
+        The index holds a contiguous run of blocks after the checkpoint, so "is seq indexed"
+        is true up to the watermark and false after it: found from the last known watermark by
+        narrow probes of the `last` index (journal.newest_seq)."""
+        floor = max(self.indexed_through, await checkpoint_seq(self.database))
+        newest = await newest_seq(self.blocks, floor)
+        self.indexed_through = floor if newest is None else newest
+        return self.indexed_through
 
-    async def _has(self, seq: int) -> bool:
-        return await self._events.find_one({"_id": seq_key(seq)}, {"_id": 1}) is not None
+    async def previous(self, seq: int) -> Previous | None:
+        """The index of the block ending at `seq` (None if there is none: a checkpoint)."""
+        if self._previous is not None and self._previous.last == seq:
+            return self._previous
+        found = await self.blocks.find_one({"last": seq}, {"last": 1, "recorded_max": 1, "run": 1})
+        return None if found is None else previous_of(found)
 
     async def catch_up(self, limit: int | None = None) -> int:
-        """Index journaled events not indexed yet (at most `limit`); returns how many."""
+        """Index journaled events not indexed yet (about `limit`); returns how many."""
         async with self._lock:
             done = 0
             while limit is None or done < limit:
@@ -98,26 +92,35 @@ class AuditIndex:
             return done
 
     async def _index_some(self, count: int) -> tuple[int, bool]:
-        """Index up to `count` events; (indexed, True if nothing is left to index)."""
+        """Index the blocks holding the next `count` events or so; (events indexed, True if
+        nothing is left to index)."""
         after = await self.watermark()
-        documents = [
-            indexed(event, block["_id"])
-            async for block, event in located_events(self.database, after, until=after + count)
-        ]
+        previous = await self.previous(after)
+        documents = []
+        async for block in blocks_after(self.database, after, until=after + count):
+            if int(block["first"]) > after + count:
+                break
+            if int(block["first"]) <= after:
+                continue  # only when a block was inserted over the watermark: verify reports it
+            document = index_block(block, previous)
+            documents.append(document)
+            previous = previous_of(document)
         if not documents:
             return 0, True
         try:
-            await self._events.insert_many(documents, ordered=True)
+            await self.blocks.insert_many(documents, ordered=True)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
             # Another process indexed some of these first: carry on after the one it did.
             inserted = int(exc.details.get("nInserted", 0))
-            self.indexed_through = int(documents[inserted]["_id"])
-            return inserted, False
-        self.indexed_through = int(documents[-1]["_id"])
-        return len(documents), len(documents) < count
+            self.indexed_through = int(documents[inserted]["last"])
+            self._previous = None
+            return _events(documents[:inserted]), False
+        self.indexed_through = int(documents[-1]["last"])
+        self._previous = previous
+        return _events(documents), self.indexed_through - after < count
 
     # -- in the background, behind this process's writer ---------------------------------
 
@@ -233,3 +236,7 @@ class Pacing:
         if backlog > self.max_backlog:
             return backlog - self.max_backlog // 2
         return 0
+
+
+def _events(documents: list[dict[str, Any]]) -> int:
+    return sum(int(d["last"]) - int(d["first"]) + 1 for d in documents)

@@ -21,7 +21,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, millis, seq_key
+from app.audit.chain import BLOCK_INDEX, CHECKPOINTS, JOURNAL, LEGACY_EVENT_INDEX, millis, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.log import AuditLog
 from app.audit.verify import ANCHOR_HASH, THROUGH_SEQ, verify_chain
@@ -106,12 +106,14 @@ async def purge(
 async def _delete_through(database: AsyncDatabase[Any], log: AuditLog, through: int) -> int:
     """Delete the journal blocks and index documents of events 1..through; how many events."""
     journal = database.get_collection(JOURNAL, write_concern=log.write_concern)
-    index = database.get_collection(EVENTS, write_concern=log.write_concern)
     purged = 0
     async for block in journal.find({"_id": {"$lte": seq_key(through)}}, {"first": 1, "last": 1}):
         purged += int(block["last"]) - int(block["first"]) + 1
     # The index first: an index document never outlives the journal block it came from.
-    await index.delete_many({"_id": {"$lte": seq_key(through)}})
+    # (`through` is a block's last event, so no block index document straddles it.)
+    for name in (BLOCK_INDEX, LEGACY_EVENT_INDEX):
+        index = database.get_collection(name, write_concern=log.write_concern)
+        await index.delete_many({"_id": {"$lte": seq_key(through)}})
     await journal.delete_many({"_id": {"$lte": seq_key(through)}})
     return purged
 

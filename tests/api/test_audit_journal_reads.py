@@ -1,9 +1,10 @@
 """Auditors read AuditEvents from the hash-chained journal, not from the search index.
 
-The index documents auditors' searches run on hold the search keys and a pointer to the
-journal block, not the event: the event each answer carries is the journal's, checked against
-its hash. So what an intruder changes in the index cannot be what an auditor reads, and what
-an intruder changes in the journal is refused with an outcome that says where to look.
+The index documents auditors' searches run on hold each block's search keys and its events'
+seqs and hashes, not the events: the event each answer carries is the journal's, checked
+against its hash. So what an intruder changes in the index cannot be what an auditor reads,
+and what an intruder changes in the journal, or an index entry that no longer matches it, is
+refused with an outcome that says where to look.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from bson import Binary
 from pymongo import MongoClient
 
-from app.audit.chain import EVENTS, JOURNAL
+from app.audit.chain import BLOCK_INDEX, JOURNAL
 from app.audit.journal import events_of, packed, stored_events
 from tests.api.test_audit_http import hestia, token
 from tests.conftest import RunningServer, start_hestia, stop_hestia
@@ -74,47 +77,52 @@ def test_the_index_holds_no_event_and_auditors_get_the_journals(
     journal = _journal_resources(audit)
     for event in found:
         assert event == journal[event["id"]]
-    for doc in audit[EVENTS].find({"compartments": f"Patient/{pid}"}):
-        assert "resource" not in doc
-        assert audit[JOURNAL].find_one({"_id": doc["block"]}) is not None
+    documents = list(audit[BLOCK_INDEX].find({"compartments": f"Patient/{pid}"}))
+    assert documents
+    for doc in documents:
+        assert audit[JOURNAL].find_one({"_id": doc["_id"]}) is not None
+        for seq, digest, _, _ in orjson.loads(doc["events"]):  # seq, hash, patients, keys
+            assert isinstance(seq, int) and len(digest) == 64
     one = httpx.get(f"{base}/AuditEvent/{found[0]['id']}", headers=auditor)
     assert one.status_code == 200
     assert {k: v for k, v in one.json().items() if k != "meta"} == journal[found[0]["id"]]
 
 
-def test_an_event_forged_into_the_index_is_not_what_auditors_read(
+def _journal_block_of(audit: Any, seq: int) -> dict[str, Any]:
+    block = audit[JOURNAL].find_one({"first": {"$lte": seq}, "last": {"$gte": seq}})
+    assert block is not None
+    return dict(block)
+
+
+def test_an_index_entry_that_does_not_match_the_journal_is_refused(
     server: tuple[RunningServer, Path], accessed: tuple[str, dict[str, str], str], audit: Any
 ) -> None:
     base, auditor, pid = accessed
     victim = _search(base, auditor, pid)[0]
-    forged = {**victim, "outcome": "8" if victim["outcome"] != "8" else "0"}
-    audit[EVENTS].update_one({"_id": f"{int(victim['id']):020d}"}, {"$set": {"resource": forged}})
+    seq = int(victim["id"])
+    document = audit[BLOCK_INDEX].find_one({"first": {"$lte": seq}, "last": {"$gte": seq}})
+    original = document["events"]
+    entries = orjson.loads(original)
+    for entry in entries:
+        if entry[0] == seq:
+            entry[1] = "0" * 64
+    audit[BLOCK_INDEX].update_one(
+        {"_id": document["_id"]}, {"$set": {"events": Binary(orjson.dumps(entries))}}
+    )
     try:
-        assert victim in _search(base, auditor, pid)
-        assert forged not in _search(base, auditor, pid)
+        response = httpx.get(
+            f"{base}/AuditEvent", params={"patient": f"Patient/{pid}"}, headers=auditor
+        )
+        assert response.status_code == 500
+        assert "hestia audit verify" in response.json()["issue"][0]["diagnostics"]
+        # A read by id goes to the journal alone.
         read = httpx.get(f"{base}/AuditEvent/{victim['id']}", headers=auditor).json()
         assert read["outcome"] == victim["outcome"]
-        # And verify names it.
         report = hestia(server[1], "audit", "verify")
         assert report.returncode == 1 and "search index" in report.stdout
     finally:
-        audit[EVENTS].update_one({"_id": f"{int(victim['id']):020d}"}, {"$unset": {"resource": ""}})
+        audit[BLOCK_INDEX].update_one({"_id": document["_id"]}, {"$set": {"events": original}})
     assert hestia(server[1], "audit", "verify").returncode == 0
-
-
-def test_a_wrong_block_pointer_still_reads_the_event(
-    accessed: tuple[str, dict[str, str], str], audit: Any
-) -> None:
-    base, auditor, pid = accessed
-    victim = _search(base, auditor, pid)[-1]
-    key = f"{int(victim['id']):020d}"
-    right = audit[EVENTS].find_one({"_id": key})["block"]
-    other = audit[JOURNAL].find_one({"_id": {"$ne": right}})["_id"]
-    audit[EVENTS].update_one({"_id": key}, {"$set": {"block": other}})
-    try:
-        assert victim in _search(base, auditor, pid)
-    finally:
-        audit[EVENTS].update_one({"_id": key}, {"$set": {"block": right}})
 
 
 def test_an_event_changed_in_the_journal_is_refused_to_auditors(
@@ -123,7 +131,7 @@ def test_an_event_changed_in_the_journal_is_refused_to_auditors(
     base, auditor, pid = accessed
     victim = _search(base, auditor, pid)[0]
     key = f"{int(victim['id']):020d}"
-    block = audit[JOURNAL].find_one({"_id": audit[EVENTS].find_one({"_id": key})["block"]})
+    block = _journal_block_of(audit, int(victim["id"]))
     original = block["events"]
     events = stored_events(block)
     [event] = [e for e in events if e["_id"] == key]
@@ -141,24 +149,3 @@ def test_an_event_changed_in_the_journal_is_refused_to_auditors(
     finally:
         audit[JOURNAL].update_one({"_id": block["_id"]}, {"$set": {"events": original}})
     assert victim in _search(base, auditor, pid)
-
-
-def test_documents_indexed_before_are_read_from_the_journal_too(
-    accessed: tuple[str, dict[str, str], str], audit: Any
-) -> None:
-    """Index documents written before 2026-12-03 hold the event and name no block: the
-    event is still the journal's, found by its seq, whatever the document holds."""
-    base, auditor, pid = accessed
-    victim = _search(base, auditor, pid)[1]
-    key = f"{int(victim['id']):020d}"
-    block = audit[EVENTS].find_one({"_id": key})["block"]
-    forged = {**victim, "outcome": "8" if victim["outcome"] != "8" else "0"}
-    audit[EVENTS].update_one({"_id": key}, {"$unset": {"block": ""}, "$set": {"resource": forged}})
-    try:
-        assert victim in _search(base, auditor, pid)
-        read = httpx.get(f"{base}/AuditEvent/{victim['id']}", headers=auditor).json()
-        assert read["outcome"] == victim["outcome"]
-    finally:
-        audit[EVENTS].update_one(
-            {"_id": key}, {"$set": {"block": block}, "$unset": {"resource": ""}}
-        )

@@ -8,11 +8,13 @@ from datetime import UTC
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from bson import Binary
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.audit.chain import JOURNAL, seq_key
+from app.audit.chain import BLOCK_INDEX, JOURNAL, seq_key
 from app.audit.journal import head_seq, journal_events, packed, stored_events
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
@@ -20,7 +22,15 @@ from app.store.client import EmbeddedServer
 from tests.audit.app_under_test import build_app
 
 Db = AsyncDatabase[dict[str, Any]]
-__all__ = ["Db", "head_seq", "index_all", "stored", "tamper_journal"]
+__all__ = [
+    "Db",
+    "head_seq",
+    "index_all",
+    "index_documents",
+    "stored",
+    "tamper_index",
+    "tamper_journal",
+]
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +70,26 @@ async def stored(db: Db, after: int = 0) -> list[dict[str, Any]]:
 
 
 async def index_all(db: Db) -> int:
-    """Bring the per-event search index up to date, as an auditor's query does first."""
+    """Bring the auditors' block index up to date, as an auditor's query does first."""
     return await AuditIndex(db).catch_up()
+
+
+async def index_documents(db: Db) -> list[dict[str, Any]]:
+    """The block index documents, in chain order."""
+    return [doc async for doc in db[BLOCK_INDEX].find({}).sort("_id", 1)]
+
+
+async def tamper_index(db: Db, seq: int, change: Callable[[list[Any]], None]) -> None:
+    """Apply `change` to the index entry [seq, hash, compartments, keys] of event `seq`, as an
+    intruder with write access to the database would."""
+    document = await db[BLOCK_INDEX].find_one({"_id": {"$lte": seq_key(seq)}}, sort=[("_id", -1)])
+    assert document is not None
+    entries = orjson.loads(document["events"])
+    [entry] = [e for e in entries if e[0] == seq]
+    change(entry)
+    await db[BLOCK_INDEX].update_one(
+        {"_id": document["_id"]}, {"$set": {"events": Binary(orjson.dumps(entries))}}
+    )
 
 
 async def tamper_journal(db: Db, seq: int, change: Callable[[dict[str, Any]], None]) -> None:

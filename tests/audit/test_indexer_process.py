@@ -24,7 +24,7 @@ from app.audit.projection import AuditIndex
 from app.settings import Settings
 from app.store.client import EmbeddedServer
 from tests.audit.conftest import Db
-from tests.audit.test_log import append_many
+from tests.audit.test_log import append_many, one_event
 from tests.conftest import ROOT, RunningServer, hestia_status, process_alive
 
 
@@ -114,7 +114,8 @@ async def test_appends_wait_while_the_index_is_too_far_behind(audit_db: Db) -> N
     index = AuditIndex(audit_db)
     index.guard(log, interval_s=0.02, max_backlog=10)
     try:
-        await append_many(log, 30)
+        for n in range(30):  # one block each: the index takes whole blocks
+            await log.append(one_event(n))
         for _ in range(100):
             if log.holding:
                 break
@@ -143,10 +144,13 @@ async def test_a_server_indexes_its_audit_events_without_an_auditor_asking(
             assert (await fhir.get("/metadata")).status_code == 200
     audit = mongo[audit_database_name("hestia")]
     assert await _indexed_through(audit, await head_seq(audit))
-    assert _indexers_of(hestia.process.pid), "the server runs no indexer process"
+    # The server's audit relay writes the chain, and runs the host's indexer beside it.
+    relays = _children_running(hestia.process.pid, b"app.audit.relay_process")
+    assert relays, "the server runs no audit relay"
+    assert _children_running(relays[0], b"app.audit.indexer"), "the relay runs no indexer"
 
 
-def _indexers_of(server: int) -> list[int]:
+def _children_running(parent: int, module: bytes) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -156,7 +160,7 @@ def _indexers_of(server: int) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if ppid == server and b"app.audit.indexer" in cmdline:
+        if ppid == parent and module in cmdline:
             found.append(int(proc.name))
     return found
 
@@ -169,7 +173,8 @@ async def test_hestia_status_tells_how_far_the_index_is_behind(
     log = AuditLog(window=0)
     await log.start(audit)
     try:
-        await append_many(log, 30)
+        for n in range(30):  # one block each: the index takes whole blocks
+            await log.append(one_event(n))
     finally:
         await log.stop()
     assert await AuditIndex(audit).catch_up(limit=10) == 10

@@ -17,7 +17,7 @@ from bson import Binary
 from pymongo import AsyncMongoClient
 
 from app.api.audit_events import index_for_auditors
-from app.audit.chain import EVENTS, GENESIS, JOURNAL, digest, link, seq_key
+from app.audit.chain import BLOCK_INDEX, GENESIS, JOURNAL, digest, link, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.journal import MAX_BLOCK_EVENTS, block_of, events_of, packed, stored_events
 from app.audit.log import AuditLog, AuditUnavailable
@@ -26,7 +26,14 @@ from app.audit.verify import verify_chain
 from app.fhir.outcome import FhirError
 from app.store.client import EmbeddedServer, free_port
 from tests.audit.app_under_test import build_app
-from tests.audit.conftest import Db, index_all, stored, tamper_journal
+from tests.audit.conftest import (
+    Db,
+    index_all,
+    index_documents,
+    stored,
+    tamper_index,
+    tamper_journal,
+)
 
 SOURCE = AuditSource("hestia-test")
 
@@ -302,12 +309,19 @@ async def test_search_index_holds_every_journaled_event_with_its_hash(
     await append_many(audit_log, 25)
     assert await index_all(audit_db) == 25
     journal = await stored(audit_db)
-    index = [doc async for doc in audit_db[EVENTS].find({}).sort("_id", 1)]
-    assert [d["_id"] for d in index] == [e["_id"] for e in journal]
-    assert [d["hash"] for d in index] == [e["hash"] for e in journal]
-    # Derived from the event itself: the patient it concerns and its search keys.
-    assert sorted(d["compartments"][0] for d in index) == sorted(f"Patient/p{n}" for n in range(25))
-    assert all(d["s"] and d["deleted"] is False for d in index)
+    documents = await index_documents(audit_db)
+    blocks = [block async for block in audit_db[JOURNAL].find({}).sort("_id", 1)]
+    assert [d["_id"] for d in documents] == [b["_id"] for b in blocks]
+    entries = [entry for d in documents for entry in orjson.loads(d["events"])]
+    assert [seq_key(e[0]) for e in entries] == [e["_id"] for e in journal]
+    assert [e[1] for e in entries] == [e["hash"] for e in journal]
+    # Derived from the event itself: the patient it concerns and its search keys; the block's
+    # are the union of its events'.
+    assert sorted(e[2][0] for e in entries) == sorted(f"Patient/p{n}" for n in range(25))
+    for document in documents:
+        own = [e for e in entries if document["first"] <= e[0] <= document["last"]]
+        assert sorted(document["compartments"]) == sorted({c for e in own for c in e[2]})
+        assert set(document["s"]["patient"]) == {v for e in own for v in e[3]["patient"]}
     assert await index_all(audit_db) == 0
     assert (await verify_chain(audit_db)).ok
 
@@ -317,17 +331,25 @@ async def test_event_changed_in_the_search_index_is_reported(
 ) -> None:
     await _chain_of(audit_log, 6)
     await index_all(audit_db)
-    await audit_db[EVENTS].update_one({"_id": seq_key(4)}, {"$set": {"resource.outcome": "8"}})
+
+    def change_outcome(entry: list[Any]) -> None:
+        entry[3]["outcome"] = ["8"]
+
+    await tamper_index(audit_db, 4, change_outcome)
     report = await verify_chain(audit_db)
     assert (report.ok, report.broken_seq) == (False, 4)
-    assert "search index" in (report.reason or "")
+    assert "search keys" in (report.reason or "")
 
 
 async def test_event_hidden_from_searches_is_reported(audit_log: AuditLog, audit_db: Db) -> None:
     await _chain_of(audit_log, 6)
     await index_all(audit_db)
+
     # Dropping the patient's keys would hide the access from "who read this patient's data".
-    await audit_db[EVENTS].update_one({"_id": seq_key(3)}, {"$set": {"compartments": [], "s": {}}})
+    def hide(entry: list[Any]) -> None:
+        entry[2:] = [[], {}]
+
+    await tamper_index(audit_db, 3, hide)
     report = await verify_chain(audit_db)
     assert (report.ok, report.broken_seq) == (False, 3)
     assert "search keys" in (report.reason or "")
@@ -338,7 +360,7 @@ async def test_event_deleted_from_the_search_index_is_reported(
 ) -> None:
     await _chain_of(audit_log, 6)
     await index_all(audit_db)
-    await audit_db[EVENTS].delete_one({"_id": seq_key(2)})
+    await audit_db[BLOCK_INDEX].delete_one({"_id": seq_key(2)})
     report = await verify_chain(audit_db)
     assert (report.ok, report.broken_seq) == (False, 2)
     assert "missing from the search index" in (report.reason or "")
@@ -349,10 +371,10 @@ async def test_event_forged_into_the_search_index_is_reported(
 ) -> None:
     await _chain_of(audit_log, 3)
     await index_all(audit_db)
-    forged = await audit_db[EVENTS].find_one({"_id": seq_key(3)})
+    forged = await audit_db[BLOCK_INDEX].find_one({"_id": seq_key(3)})
     assert forged is not None
-    forged["_id"] = seq_key(4)
-    await audit_db[EVENTS].insert_one(forged)
+    forged.update(_id=seq_key(4), first=4, last=4)
+    await audit_db[BLOCK_INDEX].insert_one(forged)
     report = await verify_chain(audit_db)
     assert (report.ok, report.broken_seq) == (False, 4)
     assert "not in the journal" in (report.reason or "")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.audit.chain import EVENTS, JOURNAL
+from app.audit.chain import BLOCK_INDEX, JOURNAL
 from tests.audit.app_under_test import SOURCE
 from tests.audit.conftest import Db, head_seq, index_all, stored
 
@@ -347,7 +347,7 @@ async def test_no_resource_body_or_diagnostics_reach_the_event(
     assert await index_all(audit_db) == 2
     raw = str(
         [doc async for doc in audit_db[JOURNAL].find({})]
-        + [doc async for doc in audit_db[EVENTS].find({})]
+        + [doc async for doc in audit_db[BLOCK_INDEX].find({})]
     )
     assert "Patient/p1" in raw  # the events are there, and carry identifiers only
     assert secret not in raw

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from bson import Binary
 
-from app.audit.chain import CHECKPOINTS, EVENTS, JOURNAL, seq_key
+from app.audit.chain import BLOCK_INDEX, CHECKPOINTS, JOURNAL, seq_key
 from app.audit.cli import add_audit_commands, run_audit_command
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.export import export
@@ -71,9 +71,13 @@ async def test_export_with_chain_lets_the_receiver_check_links(
 async def test_purge_removes_a_whole_prefix_and_keeps_the_chain_verifiable(
     audit_log: AuditLog, audit_db: Db
 ) -> None:
-    # seq 1-3 old, seq 4 new, seq 5 old again: only 1-3 may go, the chain is never holed.
+    # seq 1-3 old, seq 4 new, seq 5 stamped old again: the log records it no earlier than
+    # seq 4 (chain.link), so only 1-3 may go, and the chain is never holed.
     for days in (40, 39, 38, 1, 45):
         await append_at(audit_log, NOW - timedelta(days=days), "p1")
+    fourth, fifth = (await stored(audit_db))[3:5]
+    assert fifth["recorded"] == fourth["recorded"]
+    assert fifth["resource"]["recorded"] == fourth["resource"]["recorded"]
     third = (await stored(audit_db))[2]
     assert await index_all(audit_db) == 5
     report = await purge(audit_db, audit_log, SOURCE, retention_days=30)
@@ -83,7 +87,7 @@ async def test_purge_removes_a_whole_prefix_and_keeps_the_chain_verifiable(
     assert [int(d["_id"]) for d in remaining] == [4, 5, 6]
     # The search index loses the same prefix, and nothing else.
     await index_all(audit_db)
-    assert [int(d["_id"]) async for d in audit_db[EVENTS].find({}).sort("_id", 1)] == [4, 5, 6]
+    assert [int(d["_id"]) async for d in audit_db[BLOCK_INDEX].find({}).sort("_id", 1)] == [4, 5, 6]
     verified = await verify_chain(audit_db)
     assert verified.ok, verified.summary()
     assert verified.checkpoint_seq == 3

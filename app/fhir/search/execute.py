@@ -77,7 +77,7 @@ _DOCUMENTATION = {
 
 
 @dataclass
-class _TypeSearch:
+class TypeSearch:
     """One resource type's part of a search, compiled and split."""
 
     resource_type: str
@@ -155,7 +155,7 @@ class SearchEngine:
         types = await self._types(resource_type, items, compartment)
         self._check_common_parameters(types, items, resource_type is None)
         now_ms = int(time.time() * 1000)
-        searches: list[_TypeSearch] = []
+        searches: list[TypeSearch] = []
         warnings: list[str] = []
         for rtype in types:
             query = parse(rtype, items, self.registry, strict)
@@ -163,9 +163,7 @@ class SearchEngine:
             searches.append(await self._compile(rtype, query, now_ms, compartment, patient_scope))
         head = searches[0].query if searches else SearchQuery(resource_type or "Resource")
         controls = self._controls(head, types, page_size, max_page_size, strict, warnings)
-        order = SortOrder(tuple(sort_spec(head, self.registry))) if searches else SortOrder(())
-        if order.by_id_only and len(searches) == 1:
-            order = _changes_order(searches[0], head) or order
+        order = self._result_order(head, searches)
         for search in searches:
             if search.resource_type != head.resource_type:
                 order_here = tuple(sort_spec(search.query, self.registry))
@@ -355,6 +353,13 @@ class SearchEngine:
             count = 0
         return _Controls(count, total, mode, elements, includes)
 
+    def _result_order(self, head: SearchQuery, searches: list[TypeSearch]) -> SortOrder:
+        """The order of the results: `_sort`, ties broken by id (see sort_spec)."""
+        order = SortOrder(tuple(sort_spec(head, self.registry))) if searches else SortOrder(())
+        if order.by_id_only and len(searches) == 1:
+            order = _changes_order(searches[0], head) or order
+        return order
+
     # --- compiling -----------------------------------------------------------------------------
 
     async def _compile(
@@ -364,7 +369,7 @@ class SearchEngine:
         now_ms: int,
         compartment: tuple[str, str] | None,
         patient_scope: list[str] | None,
-    ) -> _TypeSearch:
+    ) -> TypeSearch:
         compiled = compile_query(query, now_ms)
         conditions: list[Any] = [compiled] if compiled else []
         tail: JsonDict = {}
@@ -401,7 +406,7 @@ class SearchEngine:
         if resource_type in pair_types() and self.pair_keys_ready(resource_type):
             resolved = with_pair_condition(resolved, resource_type)
         selective = self._selective(resource_type)
-        return _TypeSearch(resource_type, query, split(resolved, tail=tail, selective=selective))
+        return TypeSearch(resource_type, query, split(resolved, tail=tail, selective=selective))
 
     def _selective(self, resource_type: str) -> frozenset[str]:
         """Fields whose one value picks few documents: identifiers and references."""
@@ -464,7 +469,7 @@ class SearchEngine:
         return fetch
 
     async def _page(
-        self, searches: list[_TypeSearch], order: SortOrder, cursor: Cursor | None, count: int
+        self, searches: list[TypeSearch], order: SortOrder, cursor: Cursor | None, count: int
     ) -> tuple[list[tuple[str, Doc]], bool]:
         """The page's (type, document) pairs in result order, and whether more lie beyond."""
         if count == 0 or not searches:
@@ -482,7 +487,7 @@ class SearchEngine:
         return [(rtype, doc) for _, rtype, doc in chosen], has_more
 
     async def _type_page(
-        self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
+        self, search: TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
     ) -> list[Doc]:
         """Up to `want` documents of one type beyond the cursor, nearest to it first."""
         if order.by_id_only and self._keyset_served(search):
@@ -528,7 +533,7 @@ class SearchEngine:
         return kept[:want]
 
     @staticmethod
-    def _keyset_served(search: _TypeSearch) -> bool:
+    def _keyset_served(search: TypeSearch) -> bool:
         """Whether the database filter is one `(field, deleted, _id)` index prefix (see
         store/indexes.py). Windows over any other filter would reload the driving clause's
         matches once per window on the embedded server."""
@@ -540,7 +545,7 @@ class SearchEngine:
         return plain and name in keyset_fields(search.resource_type)
 
     @staticmethod
-    def _key_windowed(search: _TypeSearch, order: SortOrder, cursor: Cursor | None) -> bool:
+    def _key_windowed(search: TypeSearch, order: SortOrder, cursor: Cursor | None) -> bool:
         """Whether the page is sorted by a point-valued date alone (then `_id`), which windows
         of that key serve (key_windows.py), and the database filter holds nothing else, or else
         only an equality whose `(field, deleted, updated)` index bounds each window to that
@@ -556,7 +561,7 @@ class SearchEngine:
         return _filters_only_on(flat, key) or _updated_partner(search, key) is not None
 
     async def _key_windowed_page(
-        self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
+        self, search: TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
     ) -> list[Doc]:
         """`_type_page` for a `_lastUpdated` order, read in bounded windows of the key."""
         part = search.split
@@ -632,7 +637,7 @@ class SearchEngine:
         return docs
 
     async def _windowed_page(
-        self, search: _TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
+        self, search: TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
     ) -> list[Doc]:
         """`_type_page` for the `_id` order, read in bounded `_id` windows (see windows.py)."""
         part = search.split
@@ -680,7 +685,7 @@ class SearchEngine:
         self.width_hints.learn(shape, hint)
         return docs
 
-    async def _count(self, search: _TypeSearch) -> int:
+    async def _count(self, search: TypeSearch) -> int:
         part = search.split
         if _impossible(part.flat):
             return 0
@@ -695,7 +700,7 @@ class SearchEngine:
 
     async def _total(
         self,
-        searches: list[_TypeSearch],
+        searches: list[TypeSearch],
         controls: _Controls,
         cursor: Cursor | None,
         page: list[tuple[str, Doc]],
@@ -808,7 +813,7 @@ class SearchEngine:
         return bundle
 
 
-def _changes_order(search: _TypeSearch, query: SearchQuery) -> SortOrder | None:
+def _changes_order(search: TypeSearch, query: SearchQuery) -> SortOrder | None:
     """The order of a search for what changed in a time range (`_lastUpdated=gt…`, no `_sort`,
     nothing else but an equality with a `(field, deleted, updated)` index, such as
     Observation's `code`): oldest change first. R4 leaves the order of an unsorted search to the
@@ -827,7 +832,7 @@ def _instant_of(epoch_ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=min(max(epoch_ms, _FIRST_MS), _LAST_MS))
 
 
-def _updated_partner(search: _TypeSearch, key: str) -> str | None:
+def _updated_partner(search: TypeSearch, key: str) -> str | None:
     """For a `_lastUpdated` key: the field of the one plain equality that, with `deleted` and a
     range on the key, is the whole database filter, when it has a `(field, deleted, updated)`
     index (store/indexes.py UPDATED_SORTED); else None."""

@@ -1,0 +1,187 @@
+"""Auditors' AuditEvent searches, answered from the block index (block_index.py).
+
+The ordinary search engine parses and compiles the query, pages, counts, shapes and links the
+Bundle; this subclass only changes where matching events come from. The database is asked for
+the index documents of the blocks that may hold a match: the filter's positive conditions
+(equalities, ranges, presence), which the union of a block's keys meets whenever one of its
+events does. Every event of those blocks is then matched exactly, on its own keys, with the
+whole filter (compile.recheck), negations included. The AuditEvents themselves are read from
+the journal afterwards and checked against their hash (journal.resources_of).
+
+Order. Events are read block by block, in windows of the `last` index, in chain order or
+against it, so a page in `_id` order reads about as many blocks as it needs. `recorded` does
+not go back along the chain (chain.link), so `date` order is chain order too, and the ties
+of one millisecond are broken by `_id` in the same direction; a page sorted by `date` is read
+the same way wherever the stretch it reads is in order (the `run` of block_index.py). Any
+other order, or a stretch written before the writer kept `recorded` in order, is answered by
+matching every candidate block and sorting the matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.audit.block_index import event_document, indexed_events
+from app.audit.chain import BLOCK_INDEX
+from app.audit.journal import MAX_BLOCK_EVENTS, WINDOW_EVENTS, UnreadableBlock, checkpoint_seq
+from app.audit.projection import AuditIndex
+from app.fhir.search.compile import recheck
+from app.fhir.search.execute import SearchEngine, TypeSearch
+from app.fhir.search.paging import Cursor
+from app.fhir.search.parse import SearchQuery
+from app.fhir.search.plan import SortOrder
+from app.store.versions import Store
+
+JsonDict = dict[str, Any]
+
+# Sort fields that follow chain order (AuditEvent's `date` is its `recorded`).
+_CHAIN_ORDERED = frozenset({"_id", "s.date:lo", "s.date:hi"})
+_POSITIVE_OPERATORS = frozenset({"$in", "$gt", "$gte", "$lt", "$lte"})
+# Fields an event document has outside its search keys (block_index.event_document).
+_EVENT_FIELDS = ("compartments", "deleted")
+
+
+def block_filter(flat: JsonDict) -> JsonDict | None:
+    """The conditions of a flat event filter that every block holding a match meets, on the
+    union of its events' keys; None if no event can match."""
+    out: JsonDict = {}
+    for name, condition in flat.items():
+        if name in ("_id", "deleted"):
+            continue  # not in a block's keys; matched per event
+        if not isinstance(condition, dict):
+            out[name] = condition
+            continue
+        if condition.get("$in") == []:
+            return None
+        positive = {op: v for op, v in condition.items() if op in _POSITIVE_OPERATORS}
+        if condition.get("$exists") is True:
+            positive["$exists"] = True
+        if positive:
+            out[name] = positive
+    return out
+
+
+def _matches(search: TypeSearch, document: JsonDict) -> bool:
+    """The whole filter, on one event: recheck reads every field but `_id` from `s`."""
+    view = {
+        "_id": document["_id"],
+        "s": {**document["s"], "compartments": document["compartments"], "deleted": [False]},
+    }
+    return recheck(search.split.flat, view) and search.split.holds(view)
+
+
+class AuditSearchEngine(SearchEngine):
+    """SearchEngine over the audit log's block index (see the module docstring)."""
+
+    def __init__(self, store: Store, index: AuditIndex, **options: Any) -> None:
+        super().__init__(store, **options)
+        self.index = index
+
+    def _result_order(self, head: SearchQuery, searches: list[TypeSearch]) -> SortOrder:
+        """Ties are broken by `_id` in the direction of the first sort field, which makes a
+        `date` order the chain's order (module docstring); any tie order is R4's to choose."""
+        order = super()._result_order(head, searches)
+        if len(order.spec) >= 2 and order.spec[-1][0] == "_id":
+            direction = order.spec[0][1]
+            order = SortOrder((*order.spec[:-1], ("_id", direction)))
+        return order
+
+    async def _type_page(
+        self, search: TypeSearch, order: SortOrder, cursor: Cursor | None, want: int
+    ) -> list[JsonDict]:
+        forward = cursor is None or cursor.forward
+        beyond = order.comparable(cursor.key) if cursor is not None else None
+        rtype = search.resource_type
+
+        def is_beyond(document: JsonDict) -> bool:
+            if beyond is None:
+                return True
+            key = order.key(document, rtype)
+            return key > beyond if forward else key < beyond
+
+        upward = (order.spec[0][1] == 1) == forward
+        start = int(cursor.key[-1]) if cursor is not None else None
+        if await self._in_chain_order(order, upward, start):
+            found: list[JsonDict] = []
+            async for document in self._events(search, upward=upward, start=start):
+                if is_beyond(document):
+                    found.append(document)
+                    if len(found) >= want:
+                        break
+            return found
+        matches = [d async for d in self._events(search, upward=True) if is_beyond(d)]
+        matches.sort(key=lambda d: order.key(d, rtype), reverse=not forward)
+        return matches[:want]
+
+    async def _count(self, search: TypeSearch) -> int:
+        return sum([1 async for _ in self._events(search, upward=True)])
+
+    async def _in_chain_order(self, order: SortOrder, upward: bool, start: int | None) -> bool:
+        """Whether the order is the chain's over every event a page starting at `start` may
+        need: always for `_id`; for `date`, where the index's in-order stretch covers them."""
+        fields = [name for name, _ in order.spec]
+        directions = {direction for _, direction in order.spec}
+        if fields[-1] != "_id" or not set(fields) <= _CHAIN_ORDERED or len(directions) > 1:
+            return False
+        if fields == ["_id"]:
+            return True
+        head = await self.index.watermark()
+        newest = await self.index.previous(head)
+        if newest is None:
+            return True  # nothing indexed after the checkpoint
+        chain_start = await checkpoint_seq(self.index.database) + 1
+        # Upward, the page reads from `start` to the head; downward, from `start` to the start.
+        reach = start if upward and start is not None else chain_start
+        return newest.run <= reach
+
+    async def _events(
+        self, search: TypeSearch, *, upward: bool, start: int | None = None
+    ) -> AsyncIterator[JsonDict]:
+        """The events meeting the search's filter, in chain order (or against it), strictly
+        after (before) `start` when given."""
+        wanted = block_filter(search.split.flat)
+        if wanted is None:
+            return
+        async for block in self._blocks(wanted, upward=upward, start=start):
+            try:
+                entries = indexed_events(block)
+            except ValueError as exc:
+                raise UnreadableBlock(str(exc)) from None
+            if not upward:
+                entries.reverse()
+            for entry in entries:
+                if start is not None and (entry.seq <= start if upward else entry.seq >= start):
+                    continue
+                document = event_document(entry, str(block["_id"]))
+                if _matches(search, document):
+                    yield document
+
+    async def _blocks(
+        self, wanted: JsonDict, *, upward: bool, start: int | None
+    ) -> AsyncIterator[JsonDict]:
+        """Index documents meeting `wanted`, in windows of WINDOW_EVENTS seqs of the `last`
+        index: on the embedded server a sort over a wider range loads every document in it."""
+        blocks = self.index.database[BLOCK_INDEX]
+        floor = await checkpoint_seq(self.index.database)
+        head = await self.index.watermark()
+        projection = {"first": 1, "last": 1, "events": 1}
+        if upward:
+            low = max(floor, (start or 0) - 1)
+            while low < head:
+                high = min(low + WINDOW_EVENTS, head)
+                window = {"last": {"$gt": low, "$lte": high}}
+                found = blocks.find({**window, **wanted}, projection).sort("last", 1)
+                async for block in found:
+                    yield block
+                low = high
+        else:
+            # The block holding `start` may end up to a block's length after it.
+            high = head if start is None else min(head, start + MAX_BLOCK_EVENTS)
+            while high > floor:
+                low = max(floor, high - WINDOW_EVENTS)
+                window = {"last": {"$gt": low, "$lte": high}}
+                found = blocks.find({**window, **wanted}, projection).sort("last", -1)
+                async for block in found:
+                    yield block
+                high = low
