@@ -43,6 +43,10 @@ from app.audit.journal import events_of
 _KEY_CACHE_ENTRIES = 4096
 
 
+# Not read by any AuditEvent search parameter.
+_NOT_KEYED = frozenset({"resourceType", "id", "outcomeDesc"})
+
+
 class Previous(NamedTuple):
     """What indexing a block needs of the block before it in the chain."""
 
@@ -59,9 +63,9 @@ class IndexedEvent(NamedTuple):
 
 
 @lru_cache(maxsize=_KEY_CACHE_ENTRIES)
-def _element_keys(name: str, value_json: bytes) -> dict[str, tuple[Any, ...]]:
+def _element_keys(name: str, value_json: bytes) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     element = {"resourceType": "AuditEvent", name: orjson.loads(value_json)}
-    return {key: tuple(values) for key, values in search_keys(element).items()}
+    return tuple((key, tuple(values)) for key, values in search_keys(element).items())
 
 
 def event_keys(resource: JsonDict) -> dict[str, list[Any]]:
@@ -69,14 +73,18 @@ def event_keys(resource: JsonDict) -> dict[str, list[Any]]:
 
     Every AuditEvent search parameter's expression reads one top-level element per branch
     (`patient` reads agent.who and entity.what), so the keys of the whole event are the
-    union of each element's; tests/audit/test_block_index.py checks that they are equal."""
-    merged: dict[str, dict[Any, None]] = {}
+    union of each element's; tests/audit/test_block_search.py checks that they are equal."""
+    merged: dict[str, list[Any]] = {}
     for name, value in resource.items():
-        if name in ("resourceType", "id"):
+        if name in _NOT_KEYED:
             continue
-        for key, values in _element_keys(name, orjson.dumps(value)).items():
-            merged.setdefault(key, {}).update(dict.fromkeys(values))
-    return {key: list(values) for key, values in merged.items()}
+        for key, values in _element_keys(name, orjson.dumps(value)):
+            have = merged.get(key)
+            if have is None:
+                merged[key] = list(values)
+            else:  # a key two elements give (patient): rare, and short
+                have.extend(v for v in values if v not in have)
+    return merged
 
 
 def _union(lists: Iterable[Iterable[Any]]) -> list[Any]:
@@ -108,9 +116,10 @@ def index_block(block: JsonDict, previous: Previous | None) -> JsonDict:
         run = first
     else:
         run = previous.run
-    keys: dict[str, list[Any]] = {}
-    for name in _union(event.keys for event in indexed):
-        keys[name] = _union(event.keys.get(name, ()) for event in indexed)
+    keys: dict[str, dict[Any, None]] = {}
+    for event in indexed:
+        for name, values in event.keys.items():
+            keys.setdefault(name, {}).update(dict.fromkeys(values))
     return {
         "_id": block["_id"],
         "first": first,
@@ -120,7 +129,7 @@ def index_block(block: JsonDict, previous: Previous | None) -> JsonDict:
         "recorded_min": min(recorded),
         "recorded_max": max(recorded),
         "compartments": _union(event.compartments for event in indexed),
-        "s": keys,
+        "s": {name: list(values) for name, values in keys.items()},
         "events": Binary(orjson.dumps([list(event) for event in indexed])),
     }
 
