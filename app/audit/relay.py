@@ -23,14 +23,12 @@ import asyncio
 import itertools
 import logging
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from app.audit.events import JsonDict
 from app.audit.log import AuditLog, AuditUnavailable
-from app.tasks import cancel_and_wait
 
 log = logging.getLogger("hestia.audit")
 
@@ -142,24 +140,111 @@ class FrameBatcher:
             self.writer.write(b"".join(pending))
 
 
-@dataclass(eq=False)
-class _Connection:
-    writer: asyncio.StreamWriter
-    waiting: dict[int, asyncio.Future[list[int]]] = field(default_factory=dict)
-    reading: asyncio.Task[None] | None = None
-    out: FrameBatcher = field(init=False)
+class _RelayProtocol(asyncio.Protocol):
+    """A worker's connection to the relay: frames parsed as they arrive, with no reader task
+    or stream in between (each reply is one audited request's last wait), and requests
+    batched per turn of the event loop. Waiting requests are failed once `timeout` passes,
+    by one timer for all of them rather than one per request."""
 
-    def __post_init__(self) -> None:
-        self.out = FrameBatcher(self.writer)
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.transport: asyncio.Transport | None = None
+        # Request id → (its answer, when to give up). Ids and deadlines both increase.
+        self.waiting: dict[int, tuple[asyncio.Future[list[int]], float]] = {}
+        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.lost = False
 
     @property
     def open(self) -> bool:
-        return not self.writer.is_closing()
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def request(self, request_id: int, events: list[JsonDict]) -> asyncio.Future[list[int]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[int]] = loop.create_future()
+        self.waiting[request_id] = (done, loop.time() + self.timeout)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.timeout / 4, self._sweep)
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append(frame([request_id, events]))
+        return done
+
+    def forget(self, request_id: int) -> None:
+        self.waiting.pop(request_id, None)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if self.open and pending:
+            assert self.transport is not None
+            self.transport.write(b"".join(pending))
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for request_id, (done, deadline) in list(self.waiting.items()):
+            if deadline > now:
+                break
+            del self.waiting[request_id]
+            if not done.done():
+                done.set_exception(AuditUnavailable("the audit relay did not answer in time"))
+        if self.waiting:
+            self._sweeper = asyncio.get_running_loop().call_later(self.timeout / 4, self._sweep)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= LENGTH.size:
+            (size,) = LENGTH.unpack_from(buffer)
+            if size > MAX_FRAME_BYTES:
+                self._drop(f"a frame of {size} bytes")
+                return
+            end = LENGTH.size + size
+            if len(buffer) < end:
+                return
+            try:
+                message = orjson.loads(bytes(buffer[LENGTH.size : end]))
+            except orjson.JSONDecodeError:
+                self._drop("a frame that is not JSON")
+                return
+            del buffer[:end]
+            if not isinstance(message, list) or len(message) < 2:
+                self._drop("a frame that is not a message")
+                return
+            self._answer(message)
+
+    def _answer(self, message: list[Any]) -> None:
+        found = self.waiting.pop(message[0], None) if isinstance(message[0], int) else None
+        if found is None or found[0].done():
+            return  # its caller gave up
+        done = found[0]
+        if message[1] is None:
+            reason = str(message[2]) if len(message) > 2 else "refused"
+            done.set_exception(AuditUnavailable(reason))
+        else:
+            done.set_result([int(seq) for seq in message[1]])
+
+    def _drop(self, what: str) -> None:
+        log.error("audit relay client: the relay sent %s; reconnecting", what)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.fail_waiting("the audit relay went away")
 
     def fail_waiting(self, reason: str) -> None:
-        for waiting in self.waiting.values():
-            if not waiting.done():
-                waiting.set_exception(AuditUnavailable(reason))
+        waiting, self.waiting = self.waiting, {}
+        for done, _ in waiting.values():
+            if not done.done():
+                done.set_exception(AuditUnavailable(reason))
 
 
 class RelayClient:
@@ -171,7 +256,7 @@ class RelayClient:
         # its own commit, each bounded by the audit timeout.
         self.timeout = 3 * timeout + 1
         self._ids = itertools.count(1)
-        self._connection: _Connection | None = None
+        self._connection: _RelayProtocol | None = None
         self._connecting = asyncio.Lock()
         self._stopped = False
 
@@ -189,8 +274,8 @@ class RelayClient:
         self._stopped = True
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.writer.close()
-            await cancel_and_wait(connection.reading)
+            if connection.transport is not None:
+                connection.transport.close()
             connection.fail_waiting("the audit log stopped")
 
     async def append(self, event: JsonDict) -> int:
@@ -201,57 +286,33 @@ class RelayClient:
             return []
         if self._stopped:
             raise AuditUnavailable("the audit log is not running")
-        connection = await self._connect()
+        connection = self._connection
+        if connection is None or not connection.open:
+            connection = await self._connect()
         request_id = next(self._ids)
-        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        connection.waiting[request_id] = done
+        done = connection.request(request_id, events)
         try:
-            connection.out.send([request_id, events])
-            async with asyncio.timeout(self.timeout):
-                return await done
-        except TimeoutError:
-            raise AuditUnavailable("the audit relay did not answer in time") from None
+            return await done
         finally:
-            connection.waiting.pop(request_id, None)
+            connection.forget(request_id)
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> _RelayProtocol:
         connection = self._connection
         if connection is not None and connection.open:
             return connection
         async with self._connecting:
-            if self._connection is not None and self._connection.open:
-                return self._connection
+            current = self._connection
+            if current is not None and current.open:
+                return current
+            loop = asyncio.get_running_loop()
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_unix_connection(self.path), self.timeout
+                _, opened = await asyncio.wait_for(
+                    loop.create_unix_connection(lambda: _RelayProtocol(self.timeout), self.path),
+                    self.timeout,
                 )
             except (OSError, TimeoutError) as exc:
                 raise AuditUnavailable(
                     f"the audit relay is unreachable ({type(exc).__name__})"
                 ) from None
-            connection = _Connection(writer)
-            connection.reading = asyncio.create_task(
-                self._read(reader, connection), name="audit-relay"
-            )
-            self._connection = connection
-            return connection
-
-    async def _read(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
-        try:
-            while True:
-                message = await read_frame(reader)
-                waiting = connection.waiting.get(message[0])
-                if waiting is None or waiting.done():
-                    continue  # its caller timed out
-                if message[1] is None:
-                    reason = str(message[2]) if len(message) > 2 else "refused"
-                    waiting.set_exception(AuditUnavailable(reason))
-                else:
-                    waiting.set_result([int(seq) for seq in message[1]])
-        except (asyncio.IncompleteReadError, ConnectionError, BadFrame):
-            pass
-        finally:
-            connection.writer.close()
-            if self._connection is connection:
-                self._connection = None
-            connection.fail_waiting("the audit relay went away")
+            self._connection = opened
+            return opened

@@ -147,6 +147,29 @@ async def test_a_request_waiting_when_the_relay_dies_is_refused(socket_path: Pat
     await worker.stop()
 
 
+async def test_a_relay_that_never_answers_is_given_up_on_after_the_timeout(
+    socket_path: Path,
+) -> None:
+    # A relay stuck on its database: the worker answers 503 once its audit timeout passes,
+    # and the requests waiting alongside fail with it.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await asyncio.start_unix_server(silent, path=str(socket_path))
+    worker = RelayClient(str(socket_path), timeout=0.1)  # waits 3 × 0.1 + 1 s
+    await worker.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcomes = await asyncio.gather(
+        *(worker.append(read_event(f"p{n}")) for n in range(3)), return_exceptions=True
+    )
+    waited = loop.time() - started
+    assert all(isinstance(o, AuditUnavailable) and "in time" in str(o) for o in outcomes)
+    assert worker.timeout <= waited < worker.timeout * 1.5
+    server.close()
+    await worker.stop()
+
+
 async def test_a_relay_answers_a_refusal_as_audit_unavailable(
     audit_db: Db, socket_path: Path
 ) -> None:
