@@ -207,6 +207,17 @@ class AuditLog:
         """Store one event durably; returns its seq. Raises AuditUnavailable."""
         return (await self.append_all([event]))[0]
 
+    def submit(self, events: list[JsonDict]) -> asyncio.Future[list[int]]:
+        """`append_all` without a coroutine: the future of the events' seqs, for callers that
+        answer from a callback (the relay, one per request). Raises AuditUnavailable."""
+        if not self.running:
+            raise AuditUnavailable("the audit log is not running")
+        if not events or not self._room.is_set():
+            return asyncio.ensure_future(self.append_all(events))
+        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(list(events), done))
+        return done
+
     async def append_all(self, events: list[JsonDict]) -> list[int]:
         """Store events durably, consecutively in the chain; returns their seqs.
 

@@ -47,86 +47,43 @@ def frame(message: list[Any]) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> list[Any]:
-    """The next message; IncompleteReadError at the end of the stream."""
-    (size,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
-    if size > MAX_FRAME_BYTES:
-        raise BadFrame(f"a frame of {size} bytes")
-    try:
-        message = orjson.loads(await reader.readexactly(size))
-    except orjson.JSONDecodeError as exc:
-        raise BadFrame("a frame that is not JSON") from exc
-    if not isinstance(message, list) or len(message) < 2:
-        raise BadFrame("a frame that is not a message")
-    return message
+class FrameParser:
+    """Splits the bytes arriving on a connection into messages."""
 
+    def __init__(self) -> None:
+        self._buffer = bytearray()
 
-class RelayServer:
-    """Appends what the workers send through one AuditLog, each request as it arrives: one
-    worker's slow commit never holds another's, and the log batches them all together."""
-
-    def __init__(self, audit_log: AuditLog) -> None:
-        self.audit_log = audit_log
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
-
-    async def start(self, path: str) -> None:
-        self._server = await asyncio.start_unix_server(self._handle, path=path)
-
-    def close(self) -> None:
-        """Stop listening and drop every worker's connection: their waiting appends fail
-        (AuditUnavailable) at once, and they connect again to whoever serves next."""
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._connections):
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections.add(writer)
-        answering: set[asyncio.Task[None]] = set()
-        out = FrameBatcher(writer)
-
-        async def answer(request_id: int, events: list[JsonDict]) -> None:
-            if not all(
-                isinstance(e, dict) and e.get("resourceType") == "AuditEvent" for e in events
-            ):
-                # Checked here: in the log's group commit it would fail other requests' events.
-                out.send([request_id, None, "the relay takes AuditEvents only"])
-                return
+    def feed(self, data: bytes) -> list[list[Any]]:
+        """The messages `data` completes. Raises BadFrame."""
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        while len(buffer) >= LENGTH.size:
+            (size,) = LENGTH.unpack_from(buffer)
+            if size > MAX_FRAME_BYTES:
+                raise BadFrame(f"a frame of {size} bytes")
+            end = LENGTH.size + size
+            if len(buffer) < end:
+                break
             try:
-                reply: list[Any] = [request_id, await self.audit_log.append_all(events)]
-            except AuditUnavailable as exc:
-                reply = [request_id, None, str(exc)]
-            except Exception as exc:  # events the chain cannot take: refuse them, stay up
-                log.error("audit relay: could not append (%s)", type(exc).__name__)
-                reply = [request_id, None, "the audit relay could not append these events"]
-            out.send(reply)
-
-        try:
-            while True:
-                request_id, events = (await read_frame(reader))[:2]
-                if not isinstance(request_id, int) or not isinstance(events, list):
-                    raise BadFrame("a request without an id and events")
-                task = asyncio.create_task(answer(request_id, events))
-                answering.add(task)
-                task.add_done_callback(answering.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the worker went away; what it sent is still appended
-        except BadFrame as exc:
-            log.error("audit relay: dropped a connection that sent %s", exc)
-        finally:
-            self._connections.discard(writer)
-            writer.close()
+                message = orjson.loads(bytes(buffer[LENGTH.size : end]))
+            except orjson.JSONDecodeError as exc:
+                raise BadFrame("a frame that is not JSON") from exc
+            del buffer[:end]
+            if not isinstance(message, list) or len(message) < 2:
+                raise BadFrame("a frame that is not a message")
+            messages.append(message)
+        return messages
 
 
-class FrameBatcher:
-    """Frames written in one turn of the event loop go to the socket in one write.
+class FrameWriter:
+    """Frames sent in one turn of the event loop go to the socket in one write.
 
     Under load a worker sends many requests (and the relay many replies) per turn; one send
-    per frame cost each audited read a system call of its own, on the worker's busy core."""
+    per frame cost each audited read a system call of its own, on each side."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
 
     def send(self, message: list[Any]) -> None:
@@ -136,8 +93,90 @@ class FrameBatcher:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        if not self.writer.is_closing():
-            self.writer.write(b"".join(pending))
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and pending:
+            transport.write(b"".join(pending))
+
+
+class RelayServer:
+    """Appends what the workers send through one AuditLog, each request as it arrives: one
+    worker's slow commit never holds another's, and the log batches them all together."""
+
+    def __init__(self, audit_log: AuditLog) -> None:
+        self.audit_log = audit_log
+        self._server: asyncio.Server | None = None
+        self.connections: set[_WorkerConnection] = set()
+
+    async def start(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _WorkerConnection(self), path=path)
+
+    def close(self) -> None:
+        """Stop listening and drop every worker's connection: their waiting appends fail
+        (AuditUnavailable) at once, and they connect again to whoever serves next."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close()
+
+
+class _WorkerConnection(asyncio.Protocol):
+    """One worker's connection to the relay. Requests are appended as they are parsed, and
+    each is answered from its commit's callback: no task per request."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+        self.frames = FrameParser()
+        self.out = FrameWriter()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.out.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # What the worker sent is still appended; only the answers have nowhere to go.
+        self.server.connections.discard(self)
+
+    def close(self) -> None:
+        if self.out.transport is not None:
+            self.out.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for message in self.frames.feed(data):
+                request_id, events = message[:2]
+                if not isinstance(request_id, int) or not isinstance(events, list):
+                    raise BadFrame("a request without an id and events")
+                self._append(request_id, events)
+        except BadFrame as exc:
+            log.error("audit relay: dropped a connection that sent %s", exc)
+            self.close()
+
+    def _append(self, request_id: int, events: list[Any]) -> None:
+        if not all(isinstance(e, dict) and e.get("resourceType") == "AuditEvent" for e in events):
+            # Checked here: in the log's group commit it would fail other requests' events.
+            self.out.send([request_id, None, "the relay takes AuditEvents only"])
+            return
+        try:
+            done = self.server.audit_log.submit(events)
+        except AuditUnavailable as exc:
+            self.out.send([request_id, None, str(exc)])
+            return
+        done.add_done_callback(lambda finished: self._answer(request_id, finished))
+
+    def _answer(self, request_id: int, done: asyncio.Future[list[int]]) -> None:
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled():
+            reply: list[Any] = [request_id, None, "the audit log stopped"]
+        elif error is None:
+            reply = [request_id, done.result()]
+        elif isinstance(error, AuditUnavailable):
+            reply = [request_id, None, str(error)]
+        else:  # events the chain cannot take: refuse them, stay up
+            log.error("audit relay: could not append (%s)", type(error).__name__)
+            reply = [request_id, None, "the audit relay could not append these events"]
+        self.out.send(reply)
 
 
 class _RelayProtocol(asyncio.Protocol):
@@ -148,21 +187,25 @@ class _RelayProtocol(asyncio.Protocol):
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.transport: asyncio.Transport | None = None
         # Request id → (its answer, when to give up). Ids and deadlines both increase.
         self.waiting: dict[int, tuple[asyncio.Future[list[int]], float]] = {}
-        self._buffer = bytearray()
-        self._pending: list[bytes] = []
+        self.frames = FrameParser()
+        self.out = FrameWriter()
         self._sweeper: asyncio.TimerHandle | None = None
         self.lost = False
 
     @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.out.transport
+
+    @property
     def open(self) -> bool:
-        return not self.lost and self.transport is not None and not self.transport.is_closing()
+        transport = self.out.transport
+        return not self.lost and transport is not None and not transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        self.transport = cast(asyncio.Transport, transport)
+        self.out.transport = cast(asyncio.Transport, transport)
 
     def request(self, request_id: int, events: list[JsonDict]) -> asyncio.Future[list[int]]:
         loop = asyncio.get_running_loop()
@@ -170,19 +213,11 @@ class _RelayProtocol(asyncio.Protocol):
         self.waiting[request_id] = (done, loop.time() + self.timeout)
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.timeout / 4, self._sweep)
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append(frame([request_id, events]))
+        self.out.send([request_id, events])
         return done
 
     def forget(self, request_id: int) -> None:
         self.waiting.pop(request_id, None)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if self.open and pending:
-            assert self.transport is not None
-            self.transport.write(b"".join(pending))
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -197,25 +232,14 @@ class _RelayProtocol(asyncio.Protocol):
             self._sweeper = asyncio.get_running_loop().call_later(self.timeout / 4, self._sweep)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        while len(buffer) >= LENGTH.size:
-            (size,) = LENGTH.unpack_from(buffer)
-            if size > MAX_FRAME_BYTES:
-                self._drop(f"a frame of {size} bytes")
-                return
-            end = LENGTH.size + size
-            if len(buffer) < end:
-                return
-            try:
-                message = orjson.loads(bytes(buffer[LENGTH.size : end]))
-            except orjson.JSONDecodeError:
-                self._drop("a frame that is not JSON")
-                return
-            del buffer[:end]
-            if not isinstance(message, list) or len(message) < 2:
-                self._drop("a frame that is not a message")
-                return
+        try:
+            messages = self.frames.feed(data)
+        except BadFrame as exc:
+            log.error("audit relay client: the relay sent %s; reconnecting", exc)
+            if self.out.transport is not None:
+                self.out.transport.close()
+            return
+        for message in messages:
             self._answer(message)
 
     def _answer(self, message: list[Any]) -> None:
@@ -228,11 +252,6 @@ class _RelayProtocol(asyncio.Protocol):
             done.set_exception(AuditUnavailable(reason))
         else:
             done.set_result([int(seq) for seq in message[1]])
-
-    def _drop(self, what: str) -> None:
-        log.error("audit relay client: the relay sent %s; reconnecting", what)
-        if self.transport is not None:
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
