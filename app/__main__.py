@@ -152,16 +152,6 @@ def serve(settings: Settings, workers: int) -> int:
         signal.signal(signum, _exit_quietly)
     relay = None
     try:
-        if settings.audit:
-            from app.audit.relay_process import RelayProcess
-
-            # The audit chain is written by a process of its own, one per host: several
-            # workers writing it each for themselves contend for every seq, and even one
-            # worker serves more reads with the chaining and the commits on another core
-            # (app/audit/relay.py).
-            relay = RelayProcess(settings)
-            relay.start()
-            settings = replace(settings, audit_relay=relay.path)
         if workers <= 1:
             uvicorn.run(create_app(settings), **options)
         else:
@@ -170,7 +160,15 @@ def serve(settings: Settings, workers: int) -> int:
             os.environ["HESTIA_DATA_DIR"] = str(settings.data_dir)
             os.environ["HESTIA_MLLP_PORT"] = str(settings.mllp_port)
             os.environ["HESTIA_SUPERVISOR_PID"] = str(os.getpid())  # app/supervisor.py
-            if relay is not None:
+            if settings.audit:
+                from app.audit.relay_process import RelayProcess
+
+                # One writer for the host's chain: workers writing it each for themselves
+                # contend for every seq (app/audit/relay.py). One worker writes it itself:
+                # through a relay, its audited reads were as many at saturation and fewer
+                # with 16 connections (docs/performance.md).
+                relay = RelayProcess(settings)
+                relay.start()
                 os.environ["HESTIA_AUDIT_RELAY"] = relay.path
             uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
     finally:
