@@ -103,8 +103,8 @@ class AuditIndex:
             return done
 
     async def _index_some(self, count: int) -> tuple[int, bool]:
-        """Index the blocks holding the next `count` events or so; (events indexed, True if
-        nothing is left to index)."""
+        """Index the blocks that end within the next `count` events (or the one block after
+        the watermark, if it is longer); (events indexed, True if nothing is left to index)."""
         after = self.indexed_through if self._trusted else await self.watermark()
         previous = await self.previous(after)
         documents = []
@@ -132,7 +132,9 @@ class AuditIndex:
             return _events(documents[:inserted]), False
         self.indexed_through = int(documents[-1]["last"])
         self._previous = previous
-        return _events(documents), self.indexed_through - after < count
+        # Fewer events than asked for does not mean the end: a block that straddles the end
+        # of the range read is left for the next pass. Only a pass that finds nothing does.
+        return _events(documents), False
 
     # -- in the background, behind this process's writer ---------------------------------
 

@@ -189,6 +189,20 @@ async def test_events_stamped_out_of_order_before_are_still_sorted_by_date(audit
     assert (await verify_chain(audit_db)).ok
 
 
+async def test_catching_up_indexes_every_block_past_the_end_of_a_pass(
+    log: AuditLog, audit_db: Db
+) -> None:
+    # Blocks of 7 events: the block of events 1996..2002 straddles the end of the first pass
+    # (2,000 events), which must not end the catching up.
+    rng = random.Random(1)
+    for start in range(0, 2_100, 7):
+        await log.append_all([e for n in range(start, start + 7) for e in access(n, rng)][:7])
+    head = len(await stored(audit_db))
+    assert head == 2_100
+    assert await AuditIndex(audit_db).catch_up() == head
+    assert await AuditIndex(audit_db).watermark() == head
+
+
 async def test_total_and_count_only(log: AuditLog, audit_db: Db) -> None:
     await append_varied(log, 60, seed=9)
     events = [e["resource"] for e in await stored(audit_db)]
