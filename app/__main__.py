@@ -160,6 +160,10 @@ def serve(settings: Settings, workers: int) -> int:
             os.environ["HESTIA_DATA_DIR"] = str(settings.data_dir)
             os.environ["HESTIA_MLLP_PORT"] = str(settings.mllp_port)
             os.environ["HESTIA_SUPERVISOR_PID"] = str(os.getpid())  # app/supervisor.py
+            # Decided for the database this process chose (Settings), not the URI passed on.
+            os.environ["HESTIA_AUDIT_SEARCH_INDEXES"] = (
+                "on" if settings.audit_search_indexes else "off"
+            )
             if settings.audit:
                 from app.audit.relay_process import RelayProcess
 

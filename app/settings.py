@@ -84,7 +84,9 @@ class Settings:
     audit_retention_days: int = 2190
     audit_window_ms: int = 0
     audit_timeout_s: float = 5.0
-    # The patient/date indexes of the audit log; on for MongoDB, where they are cheap.
+    # The audit log's patient index (app/audit/log.py ensure_indexes). Unset: on with
+    # HESTIA_MONGODB_URI, where it costs microseconds; off on the embedded database, where it
+    # costs the indexer half as much again (auditors' patient queries then read every block).
     audit_search_indexes: bool = False
     # Who indexes AuditEvents for auditors: a process beside each worker (app/audit/indexer.py)
     # or the worker itself ("in-process", projection.py's pacing).
@@ -126,7 +128,7 @@ class Settings:
             audit_retention_days=_env_int("AUDIT_RETENTION_DAYS", cls.audit_retention_days),
             audit_window_ms=_env_int("AUDIT_WINDOW_MS", cls.audit_window_ms),
             audit_timeout_s=float(_env("AUDIT_TIMEOUT_S", str(cls.audit_timeout_s))),
-            audit_search_indexes=_env_bool("AUDIT_SEARCH_INDEXES", cls.audit_search_indexes),
+            audit_search_indexes=_env_bool("AUDIT_SEARCH_INDEXES", False),
             audit_indexer=_env_choice("AUDIT_INDEXER", cls.audit_indexer, AUDIT_INDEXERS),
             audit_relay=_env("AUDIT_RELAY", ""),
             audit_source=_env("AUDIT_SOURCE", ""),
@@ -135,7 +137,10 @@ class Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:
             clean["data_dir"] = Path(clean["data_dir"])
-        return replace(base, **clean)
+        settings = replace(base, **clean)
+        if os.environ.get("HESTIA_AUDIT_SEARCH_INDEXES", "") == "":
+            settings = replace(settings, audit_search_indexes=bool(settings.mongodb_uri))
+        return settings
 
     @property
     def fhir_base(self) -> str:

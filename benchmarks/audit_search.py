@@ -3,6 +3,7 @@ of `GET AuditEvent?…` costs (app/audit/search.py), on the embedded database.
 
     python -m benchmarks.audit_search                 # 100,000 events, 2,000 patients
     python -m benchmarks.audit_search --events 20000  # quicker
+    python -m benchmarks.audit_search --search-indexes  # with the patient index
 
 The log is written through the real group-commit writer, 16 appends at a time (blocks of about
 16 events, as under load), one or three patients per event, and indexed with the auditors'
@@ -82,10 +83,10 @@ async def timed_pages(
     return latencies, found
 
 
-async def bench(uri: str, accesses: int, patients: int, samples: int) -> None:
+async def bench(uri: str, accesses: int, patients: int, samples: int, search_indexes: bool) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True, tzinfo=UTC)
     database = client["bench_audit"]
-    log = AuditLog(window=0)
+    log = AuditLog(window=0, search_indexes=search_indexes)
     await log.start(database)
     started = time.perf_counter()
     events = await write_log(log, accesses, patients)
@@ -142,11 +143,18 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="accesses to write")
     parser.add_argument("--patients", type=int, default=2_000)
     parser.add_argument("--samples", type=int, default=20, help="queries of each kind")
+    parser.add_argument(
+        "--search-indexes",
+        action="store_true",
+        help="with the patient index (HESTIA_AUDIT_SEARCH_INDEXES=on)",
+    )
     args = parser.parse_args()
     with TemporaryDirectory(prefix="hestia-audit-search-") as tmp:
         embedded = EmbeddedServer.start(str(Path(tmp) / "db"))
         try:
-            asyncio.run(bench(embedded.uri, args.events, args.patients, args.samples))
+            asyncio.run(
+                bench(embedded.uri, args.events, args.patients, args.samples, args.search_indexes)
+            )
         finally:
             embedded.stop()
 

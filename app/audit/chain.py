@@ -53,8 +53,11 @@ SEARCH_PARAMETERS = frozenset(
 )
 # The durable record: one block of consecutive events per group commit.
 JOURNAL = "audit_journal"
-# The auditors' index of the journal, one document per block (block_index.py).
+# The auditors' index of the journal, one document per block (block_index.py), and its
+# optional index for patient queries (log.ensure_indexes, search.py).
 BLOCK_INDEX = "audit_block_index"
+PATIENT_KEY = "s.patient"
+PATIENT_INDEX = "patients_last"
 CHECKPOINTS = "audit_checkpoints"
 GENESIS = "0" * 64
 

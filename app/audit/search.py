@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.audit.block_index import event_document, indexed_events
-from app.audit.chain import BLOCK_INDEX
+from app.audit.chain import BLOCK_INDEX, PATIENT_INDEX, PATIENT_KEY
 from app.audit.journal import MAX_BLOCK_EVENTS, WINDOW_EVENTS, UnreadableBlock, checkpoint_seq
 from app.audit.projection import AuditIndex
 from app.fhir.search.compile import recheck
@@ -77,6 +77,16 @@ class AuditSearchEngine(SearchEngine):
     def __init__(self, store: Store, index: AuditIndex, **options: Any) -> None:
         super().__init__(store, **options)
         self.index = index
+        self._patient_index: bool | None = None
+
+    async def _has_patient_index(self) -> bool:
+        """Whether the block index has its patient index (log.ensure_indexes), looked up once:
+        it is made before the server starts, and never dropped by it."""
+        if self._patient_index is None:
+            blocks = self.index.database[BLOCK_INDEX]
+            names = [index["name"] async for index in await blocks.list_indexes()]
+            self._patient_index = PATIENT_INDEX in names
+        return self._patient_index
 
     def _result_order(self, head: SearchQuery, searches: list[TypeSearch]) -> SortOrder:
         """Ties are broken by `_id` in the direction of the first sort field, which makes a
@@ -166,6 +176,17 @@ class AuditSearchEngine(SearchEngine):
         floor = await checkpoint_seq(self.index.database)
         head = await self.index.watermark()
         projection = {"first": 1, "last": 1, "events": 1}
+        if PATIENT_KEY in wanted and await self._has_patient_index():
+            # One patient's blocks, in order, from the (patient, last) index: windows would
+            # each read them all again on the embedded server.
+            if upward:
+                bound = {"$gt": max(floor, (start or 0) - 1), "$lte": head}
+            else:
+                bound = {"$gt": floor, "$lte": head if start is None else start + MAX_BLOCK_EVENTS}
+            flt = {PATIENT_KEY: wanted[PATIENT_KEY], "last": bound, **wanted}
+            async for block in blocks.find(flt, projection).sort("last", 1 if upward else -1):
+                yield block
+            return
         if upward:
             low = max(floor, (start or 0) - 1)
             while low < head:

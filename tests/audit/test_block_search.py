@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from app.audit.block_index import event_keys
-from app.audit.chain import BLOCK_INDEX, GENESIS, JOURNAL, link, search_keys
+from app.audit.chain import BLOCK_INDEX, GENESIS, JOURNAL, PATIENT_INDEX, link, search_keys
 from app.audit.events import AuditFacts, AuditSource, build_events, event_patients
 from app.audit.journal import HYDRATE_FIELDS, block_of, resources_of
 from app.audit.log import AuditLog
@@ -110,10 +110,16 @@ async def test_event_keys_element_by_element_equal_the_whole_events() -> None:
             }
 
 
+@pytest.mark.parametrize("patient_index", [False, True], ids=["windows", "patient index"])
 async def test_a_patients_events_are_found_exactly_among_blocks_of_many(
-    log: AuditLog, audit_db: Db
+    audit_db: Db, patient_index: bool
 ) -> None:
+    log = AuditLog(window=0, search_indexes=patient_index)
+    await log.start(audit_db)
     await append_varied(log, 120)
+    await log.stop()
+    indexes = [index["name"] async for index in await audit_db[BLOCK_INDEX].list_indexes()]
+    assert (PATIENT_INDEX in indexes) == patient_index
     events = [e["resource"] for e in await stored(audit_db)]
     blocks = await audit_db[JOURNAL].count_documents({})
     assert blocks < len(events)  # several events share blocks
@@ -122,6 +128,12 @@ async def test_a_patients_events_are_found_exactly_among_blocks_of_many(
         expected = [e["id"] for e in events if names(e, patient)]
         assert [e["id"] for e in found] == expected
         assert expected
+        newest_first = await search_all(
+            audit_db, [("patient", f"Patient/{patient}"), ("_sort", "-date"), ("_count", "4")]
+        )
+        assert [e["id"] for e in newest_first] == expected[::-1]
+    both = await search_all(audit_db, [("patient", "Patient/p1,Patient/p2"), ("_count", "5")])
+    assert [e["id"] for e in both] == [e["id"] for e in events if names(e, "p1") or names(e, "p2")]
 
 
 async def test_negations_and_several_parameters_are_matched_per_event(

@@ -187,3 +187,16 @@ def test_an_unknown_indexer_setting_is_refused(monkeypatch: pytest.MonkeyPatch) 
         Settings.from_env()
     monkeypatch.setenv("HESTIA_AUDIT_INDEXER", "In-Process")
     assert Settings.from_env().audit_indexer == "in-process"
+
+
+def test_the_patient_index_is_on_with_mongodb_and_off_on_the_embedded_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HESTIA_AUDIT_SEARCH_INDEXES", raising=False)
+    monkeypatch.delenv("HESTIA_MONGODB_URI", raising=False)
+    assert Settings.from_env().audit_search_indexes is False
+    assert Settings.from_env(mongodb_uri="mongodb://db.example:27017").audit_search_indexes
+    monkeypatch.setenv("HESTIA_MONGODB_URI", "mongodb://db.example:27017")
+    assert Settings.from_env().audit_search_indexes is True
+    monkeypatch.setenv("HESTIA_AUDIT_SEARCH_INDEXES", "off")
+    assert Settings.from_env().audit_search_indexes is False
