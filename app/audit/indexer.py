@@ -145,7 +145,7 @@ async def index_behind(
         return None
     indexer = IndexerProcess(uri, index.database.name)
     await indexer.start()
-    index.guard(writer)
+    await index.guard(writer)
     return indexer
 
 

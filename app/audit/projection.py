@@ -35,7 +35,7 @@ from pymongo.errors import BulkWriteError
 
 from app.audit.block_index import Previous, index_block, previous_of
 from app.audit.chain import BLOCK_INDEX
-from app.audit.journal import blocks_after, checkpoint_seq, newest_seq
+from app.audit.journal import blocks_after, checkpoint_seq, head_seq, newest_seq
 from app.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -153,22 +153,33 @@ class AuditIndex:
             name="audit-index",
         )
 
-    def guard(self, writer: AuditLog, *, interval_s: float = 0.5, max_backlog: int = 2_000) -> None:
+    async def guard(
+        self, writer: AuditLog, *, interval_s: float = 0.5, max_backlog: int = 2_000
+    ) -> None:
         """Index nothing here (an indexer process does, app/audit/indexer.py), but keep its
         backlog bounded as `follow` does: appends wait while it is past twice `max_backlog`."""
+        history = await head_seq(self.database)
         self._task = asyncio.create_task(
-            self._guard(writer, Pacing(max_backlog=max_backlog), interval_s), name="audit-guard"
+            self._guard(writer, Pacing(max_backlog=max_backlog), interval_s, history),
+            name="audit-guard",
         )
 
-    async def _guard(self, writer: AuditLog, pacing: Pacing, interval_s: float) -> None:
+    async def _guard(
+        self, writer: AuditLog, pacing: Pacing, interval_s: float, history: int
+    ) -> None:
         """Hold appends past twice the bound, and let them go once the index is back under the
         bound itself (not just under twice it, or load at the bound would flap), looking
-        often while they wait."""
+        often while they wait.
+
+        Events journaled before this server started are not this load's to pay for: a store
+        whose index is new (an upgrade from the per-event index, or a rebuild) is indexed
+        from the start while requests run, and the bound applies once that is done."""
         try:
             while True:
                 await asyncio.sleep(interval_s / 10 if writer.holding else interval_s)
                 try:
-                    backlog = writer.head_seq - await self.watermark()
+                    indexed = await self.watermark()
+                    backlog = writer.head_seq - indexed if indexed >= history else 0
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # let appends go; the next look may succeed

@@ -112,7 +112,7 @@ async def test_appends_wait_while_the_index_is_too_far_behind(audit_db: Db) -> N
     log = AuditLog(window=0)
     await log.start(audit_db)
     index = AuditIndex(audit_db)
-    index.guard(log, interval_s=0.02, max_backlog=10)
+    await index.guard(log, interval_s=0.02, max_backlog=10)
     try:
         for n in range(30):  # one block each: the index takes whole blocks
             await log.append(one_event(n))
@@ -200,3 +200,34 @@ def test_the_patient_index_is_on_with_mongodb_and_off_on_the_embedded_database(
     assert Settings.from_env().audit_search_indexes is True
     monkeypatch.setenv("HESTIA_AUDIT_SEARCH_INDEXES", "off")
     assert Settings.from_env().audit_search_indexes is False
+
+
+async def test_events_from_before_the_server_started_do_not_hold_its_appends(
+    audit_db: Db,
+) -> None:
+    # A store upgraded from the per-event index: the whole journal is unindexed at start-up.
+    before = AuditLog(window=0)
+    await before.start(audit_db)
+    for n in range(40):
+        await before.append(one_event(n))
+    await before.stop()
+    log = AuditLog(window=0)
+    await log.start(audit_db)
+    index = AuditIndex(audit_db)
+    await index.guard(log, interval_s=0.02, max_backlog=10)
+    try:
+        for n in range(15):  # over twice the bound counting history, under it without
+            await log.append(one_event(100 + n))
+        await asyncio.sleep(0.2)
+        assert not log.holding
+        await index.catch_up(limit=40)  # the history is indexed: the bound applies again
+        for n in range(10):
+            await log.append(one_event(200 + n))
+        for _ in range(100):
+            if log.holding:
+                break
+            await asyncio.sleep(0.02)
+        assert log.holding  # 25 new events unindexed, past twice the bound
+    finally:
+        await index.stop()
+        await log.stop()
