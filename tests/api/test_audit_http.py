@@ -198,3 +198,27 @@ def test_a_search_over_two_patients_records_one_event_per_patient(
     )
     assert named == sorted(f"Patient/{p}" for p in patients)
     assert len(searches) == 2
+
+
+def test_auditors_page_through_the_log_newest_first(server: tuple[RunningServer, Path]) -> None:
+    running, data_dir = server
+    base = running.fhir
+    auditor = token(data_dir, "user/AuditEvent.rs")
+    since = now()
+    for _ in range(5):
+        assert httpx.get(f"{base}/metadata").status_code == 200
+    pages = 0
+    found: list[dict] = []
+    url: str | None = f"{base}/AuditEvent?date=ge{since}&_sort=-date&_count=2"
+    while url:
+        bundle = httpx.get(url, headers=auditor).json()
+        found += [e["resource"] for e in bundle.get("entry", [])]
+        url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+        pages += 1
+    assert pages >= 3
+    keys = [(e["recorded"], int(e["id"])) for e in found]
+    assert keys == sorted(keys, reverse=True)
+    assert len({e["id"] for e in found}) == len(found)
+    # Oldest first, the same events come first; the searches above were audited after them.
+    oldest_first = events(base, auditor, date=f"ge{since}", _sort="date")
+    assert [e["id"] for e in oldest_first][: len(found)] == [e["id"] for e in reversed(found)]
