@@ -19,7 +19,8 @@ matching every candidate block and sorting the matches.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
 from typing import Any
 
 from app.audit.block_index import event_document, indexed_events
@@ -114,11 +115,12 @@ class AuditSearchEngine(SearchEngine):
         start = int(cursor.key[-1]) if cursor is not None else None
         if await self._in_chain_order(order, upward, start):
             found: list[JsonDict] = []
-            async for document in self._events(search, upward=upward, start=start):
-                if is_beyond(document):
-                    found.append(document)
-                    if len(found) >= want:
-                        break
+            async with aclosing(self._events(search, upward=upward, start=start)) as events:
+                async for document in events:
+                    if is_beyond(document):
+                        found.append(document)
+                        if len(found) >= want:
+                            break
             return found
         matches = [d async for d in self._events(search, upward=True) if is_beyond(d)]
         matches.sort(key=lambda d: order.key(d, rtype), reverse=not forward)
@@ -147,7 +149,7 @@ class AuditSearchEngine(SearchEngine):
 
     async def _events(
         self, search: TypeSearch, *, upward: bool, start: int | None = None
-    ) -> AsyncIterator[JsonDict]:
+    ) -> AsyncGenerator[JsonDict, None]:
         """The events meeting the search's filter, in chain order (or against it), strictly
         after (before) `start` when given."""
         wanted = block_filter(search.split.flat)
@@ -169,40 +171,43 @@ class AuditSearchEngine(SearchEngine):
 
     async def _blocks(
         self, wanted: JsonDict, *, upward: bool, start: int | None
-    ) -> AsyncIterator[JsonDict]:
-        """Index documents meeting `wanted`, in windows of WINDOW_EVENTS seqs of the `last`
-        index: on the embedded server a sort over a wider range loads every document in it."""
-        blocks = self.index.database[BLOCK_INDEX]
+    ) -> AsyncGenerator[JsonDict, None]:
+        """Index documents meeting `wanted`, in chain order (or against it), from `start`."""
         floor = await checkpoint_seq(self.index.database)
         head = await self.index.watermark()
+        patient = PATIENT_KEY in wanted and await self._has_patient_index()
+        blocks = self.index.database[BLOCK_INDEX]
         projection = {"first": 1, "last": 1, "events": 1}
-        if PATIENT_KEY in wanted and await self._has_patient_index():
-            # One patient's blocks, in order, from the (patient, last) index: windows would
-            # each read them all again on the embedded server.
-            if upward:
-                bound = {"$gt": max(floor, (start or 0) - 1), "$lte": head}
-            else:
-                bound = {"$gt": floor, "$lte": head if start is None else start + MAX_BLOCK_EVENTS}
-            flt = {PATIENT_KEY: wanted[PATIENT_KEY], "last": bound, **wanted}
-            async for block in blocks.find(flt, projection).sort("last", 1 if upward else -1):
-                yield block
-            return
+        for flt in _block_queries(wanted, patient, upward, start, floor, head):
+            found = blocks.find(flt, projection).sort("last", 1 if upward else -1)
+            try:
+                async for block in found:
+                    yield block
+            finally:
+                await found.close()
+
+
+def _block_queries(
+    wanted: JsonDict, patient: bool, upward: bool, start: int | None, floor: int, head: int
+) -> Iterator[JsonDict]:
+    """The queries that read the candidate blocks after `floor` (the checkpoint) and through
+    `head`, beyond `start`, in order. With the patient index, one query reads one patient's
+    blocks; otherwise windows of WINDOW_EVENTS seqs of the `last` index each read a narrow
+    range (on the embedded server a sort over a wider range loads every document in it, and
+    a window's query driven by another index would read all of its matches again)."""
+    low = max(floor, (start or 0) - 1) if upward else floor
+    # Downward, the block holding `start` may end up to a block's length after it.
+    high = head if upward or start is None else min(head, start + MAX_BLOCK_EVENTS)
+    if patient:
+        yield {PATIENT_KEY: wanted[PATIENT_KEY], "last": {"$gt": low, "$lte": high}, **wanted}
+        return
+    while low < high:
         if upward:
-            low = max(floor, (start or 0) - 1)
-            while low < head:
-                high = min(low + WINDOW_EVENTS, head)
-                window = {"last": {"$gt": low, "$lte": high}}
-                found = blocks.find({**window, **wanted}, projection).sort("last", 1)
-                async for block in found:
-                    yield block
-                low = high
+            window = (low, min(low + WINDOW_EVENTS, high))
+            low = window[1]
         else:
-            # The block holding `start` may end up to a block's length after it.
-            high = head if start is None else min(head, start + MAX_BLOCK_EVENTS)
-            while high > floor:
-                low = max(floor, high - WINDOW_EVENTS)
-                window = {"last": {"$gt": low, "$lte": high}}
-                found = blocks.find({**window, **wanted}, projection).sort("last", -1)
-                async for block in found:
-                    yield block
-                high = low
+            window = (max(low, high - WINDOW_EVENTS), high)
+            high = window[0]
+        # The window goes first: the embedded server's planner takes the index of the first
+        # indexed field it meets.
+        yield {"last": {"$gt": window[0], "$lte": window[1]}, **wanted}
