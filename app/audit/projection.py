@@ -35,7 +35,7 @@ from pymongo.errors import BulkWriteError
 
 from app.audit.block_index import Previous, index_block, previous_of
 from app.audit.chain import BLOCK_INDEX
-from app.audit.journal import blocks_after, checkpoint_seq, head_seq, newest_seq
+from app.audit.journal import MAX_BLOCK_EVENTS, blocks_after, checkpoint_seq, head_seq, newest_seq
 from app.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -103,12 +103,14 @@ class AuditIndex:
             return done
 
     async def _index_some(self, count: int) -> tuple[int, bool]:
-        """Index the blocks that end within the next `count` events (or the one block after
-        the watermark, if it is longer); (events indexed, True if nothing is left to index)."""
+        """Index the blocks that start within the next `count` events; (events indexed, True
+        if nothing is left to index)."""
         after = self.indexed_through if self._trusted else await self.watermark()
         previous = await self.previous(after)
         documents = []
-        async for block in blocks_after(self.database, after, until=after + count):
+        # Read far enough for the block that starts within `count` events but ends after them.
+        reach = after + count + MAX_BLOCK_EVENTS
+        async for block in blocks_after(self.database, after, until=reach):
             if int(block["first"]) > after + count:
                 break
             if int(block["first"]) <= after:
@@ -132,9 +134,10 @@ class AuditIndex:
             return _events(documents[:inserted]), False
         self.indexed_through = int(documents[-1]["last"])
         self._previous = previous
-        # Fewer events than asked for does not mean the end: a block that straddles the end
-        # of the range read is left for the next pass. Only a pass that finds nothing does.
-        return _events(documents), False
+        # Every block starting within `count` events was read, so fewer events than that
+        # means the end of the journal as it was read. (Chasing the blocks appended meanwhile
+        # at once, a pass at a time, doubled the database's work per audited read under load.)
+        return _events(documents), self.indexed_through - after < count
 
     # -- in the background, behind this process's writer ---------------------------------
 
