@@ -49,9 +49,10 @@ DUPLICATE_KEY = 11000
 class AuditIndex:
     """Brings the block index of one audit database up to date with its journal."""
 
-    def __init__(self, database: AsyncDatabase[Any], *, chunk: int = 2_000) -> None:
+    def __init__(self, database: AsyncDatabase[Any], *, chunk: int = 1_500) -> None:
         self.database = database
-        # Events per pass: whole blocks are indexed, so a pass may take a block more.
+        # Events per pass. A pass reads up to a block's length past them (the block that
+        # straddles their end), so up to 1,500 it reads one window of the journal: one find.
         self.chunk = chunk
         # Rebuildable from the journal, so one acknowledgement is enough.
         self.blocks = database.get_collection(BLOCK_INDEX, write_concern=WriteConcern(w=1))

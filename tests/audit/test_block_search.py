@@ -204,8 +204,8 @@ async def test_events_stamped_out_of_order_before_are_still_sorted_by_date(audit
 async def test_catching_up_indexes_every_block_past_the_end_of_a_pass(
     log: AuditLog, audit_db: Db
 ) -> None:
-    # Blocks of 7 events: the block of events 1996..2002 straddles the end of the first pass
-    # (2,000 events), which must not end the catching up.
+    # Blocks of 7 events: the block of events 1499..1505 straddles the end of the first pass
+    # (1,500 events), which must not end the catching up.
     rng = random.Random(1)
     for start in range(0, 2_100, 7):
         await log.append_all([e for n in range(start, start + 7) for e in access(n, rng)][:7])
