@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +22,6 @@ from app.api.http import error_response
 from app.audit.chain import audit_database_name
 from app.audit.events import AuditSource
 from app.audit.indexer import IndexerProcess, index_behind
-from app.audit.journal import HYDRATE_FIELDS, resources_of
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.audit.relay import RelayClient
@@ -164,8 +162,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     audit_store,
                     audit_index,
                     cursor_secret=cursor_secret,
-                    hydrate=partial(resources_of, audit_database),
-                    hydrate_fields=HYDRATE_FIELDS,
                 ),
             )
             mllp = None

@@ -18,7 +18,6 @@ import asyncio
 import random
 import time
 from datetime import UTC
-from functools import partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from app.audit.events import AuditFacts, AuditSource, build_events
-from app.audit.journal import HYDRATE_FIELDS, journaled_event, resources_of
+from app.audit.journal import journaled_event
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.audit.search import AuditSearchEngine
@@ -101,8 +100,6 @@ async def bench(uri: str, accesses: int, patients: int, samples: int, search_ind
     engine = AuditSearchEngine(
         Store(database),
         index,
-        hydrate=partial(resources_of, database),
-        hydrate_fields=HYDRATE_FIELDS,
     )
     middle = await middle_date(index)
     rng = random.Random(9)

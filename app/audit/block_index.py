@@ -94,10 +94,13 @@ def _union(lists: Iterable[Iterable[Any]]) -> list[Any]:
     return list(found)
 
 
-def index_block(block: JsonDict, previous: Previous | None) -> JsonDict:
+def index_block(
+    block: JsonDict, previous: Previous | None, stored: list[JsonDict] | None = None
+) -> JsonDict:
     """The index document of a journal block (raises journal.UnreadableBlock), given the
-    index of the block before it (None after a retention checkpoint or at genesis)."""
-    events = events_of(block)
+    index of the block before it (None after a retention checkpoint or at genesis), and the
+    block's `stored_events` when the caller has decoded them already."""
+    events = events_of(block, stored)
     indexed = [
         IndexedEvent(
             int(event["_id"]),

@@ -32,8 +32,8 @@ AUDIT_DATABASE_SUFFIX = "_audit"
 # The per-event search index of versions before the block index (block_index.py): no longer
 # written or read; retention still purges what an older version left there.
 LEGACY_EVENT_INDEX = "AuditEvent"
-# Fields of a chained event that are not part of its hashed content.
-DERIVED_FIELDS = frozenset({"hash", "compartments", "s", "deleted", "block"})
+# The field of a chained event that is not part of its hashed content.
+UNHASHED_FIELDS = frozenset({"hash"})
 # The AuditEvent search parameters auditors get (issue: date, patient, agent, entity, type,
 # subtype, action, outcome, address, source); only their keys are extracted, to keep the cost
 # of auditing every request low.
@@ -104,7 +104,7 @@ def _canonical_value(value: Any) -> Any:
 
 
 def canonical(document: JsonDict) -> bytes:
-    body = {k: v for k, v in document.items() if k not in DERIVED_FIELDS}
+    body = {k: v for k, v in document.items() if k not in UNHASHED_FIELDS}
     return orjson.dumps(
         body,
         option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME,

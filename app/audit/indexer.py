@@ -53,7 +53,7 @@ async def follow_journal(index: AuditIndex, *, parent: int, idle_s: float = IDLE
     """Index the journal as it grows, until the process that started this one is gone."""
     while os.getppid() == parent:
         try:
-            done = await index.catch_up(limit=index.chunk)
+            done = await index.catch_up(limit=index.chunk, indexer=True)
         except Exception as exc:  # a database hiccup: the next pass picks up where this one was
             log.warning("audit search index not updated (%s)", type(exc).__name__)
             await asyncio.sleep(RESTART_AFTER_S)

@@ -253,19 +253,15 @@ async def journaled_event(database: AsyncDatabase[Any], seq: int) -> JsonDict | 
     return await anext(aiter(journal_events(database, seq - 1, until=seq)), None)
 
 
-# What `resources_of` needs of a search-index document, besides its `_id`.
-HYDRATE_FIELDS = ("block", "hash")
-
-
 async def resources_of(database: AsyncDatabase[Any], documents: list[JsonDict]) -> None:
-    """Give search-index documents their AuditEvent, from the journal.
+    """Give search-index documents (`_id`, `block`, `hash`; app/audit/search.py) their
+    AuditEvent, from the journal.
 
     Each is read from the block the document names (one query for all of them), or, if that
     block does not hold it, looked up by its seq; either way the journal's event must hash to
     the document's `hash`. Raises UnreadableBlock when it is missing or does not: the journal
-    was damaged or tampered with, and an auditor must not get a silently different answer.
-    A `resource` found in a document is ignored: documents indexed before 2026-12-03 hold one
-    and name no block (they take the slower way, by seq), and in any other it was forged.
+    or its index was damaged or tampered with, and an auditor must not get a silently
+    different answer.
     """
     found: dict[str, JsonDict] = {}
     block_ids = sorted({str(doc["block"]) for doc in documents if doc.get("block")})

@@ -90,9 +90,16 @@ class AuditIndex:
         found = await self.blocks.find_one({"last": seq}, {"last": 1, "recorded_max": 1, "run": 1})
         return None if found is None else previous_of(found)
 
-    async def catch_up(self, limit: int | None = None) -> int:
-        """Index journaled events not indexed yet (about `limit`); returns how many."""
+    async def catch_up(self, limit: int | None = None, *, indexer: bool = False) -> int:
+        """Index journaled events not indexed yet (about `limit`); returns how many.
+
+        The host's `indexer` goes on from the watermark its own inserts set (a block another
+        process indexed first ends its pass on the duplicate). Anyone else, an auditor's
+        search in a worker, reads the watermark first: its own may be far behind the
+        indexer's, and a pass from there would build a chunk of blocks only to meet them."""
         async with self._lock:
+            if not indexer:
+                self._trusted = False
             done = 0
             while limit is None or done < limit:
                 added, finished = await self._index_some(
@@ -237,7 +244,7 @@ class AuditIndex:
                 return
             # Nothing indexed means nothing indexable (e.g. a hole cut into the journal, which
             # verify reports): let appends go, wait for the next tick, do not spin.
-            if not await self.catch_up(limit=min(due, self.chunk)):
+            if not await self.catch_up(limit=min(due, self.chunk), indexer=True):
                 writer.release()
                 return
 

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 
 from app.audit.block_index import event_document, indexed_events
 from app.audit.chain import BLOCK_INDEX, PATIENT_INDEX, PATIENT_KEY
-from app.audit.journal import MAX_BLOCK_EVENTS, WINDOW_EVENTS, UnreadableBlock, checkpoint_seq
+from app.audit.journal import (
+    MAX_BLOCK_EVENTS,
+    WINDOW_EVENTS,
+    UnreadableBlock,
+    checkpoint_seq,
+    resources_of,
+)
 from app.audit.projection import AuditIndex
 from app.fhir.search.compile import recheck
 from app.fhir.search.execute import SearchEngine, TypeSearch
@@ -76,7 +83,8 @@ class AuditSearchEngine(SearchEngine):
     """SearchEngine over the audit log's block index (see the module docstring)."""
 
     def __init__(self, store: Store, index: AuditIndex, **options: Any) -> None:
-        super().__init__(store, **options)
+        # Matches are read from the journal, checked against their hash.
+        super().__init__(store, hydrate=partial(resources_of, index.database), **options)
         self.index = index
         self._patient_index: bool | None = None
 
@@ -113,23 +121,32 @@ class AuditSearchEngine(SearchEngine):
 
         upward = (order.spec[0][1] == 1) == forward
         start = int(cursor.key[-1]) if cursor is not None else None
-        if await self._in_chain_order(order, upward, start):
+        bounds = await self._bounds()
+        if await self._in_chain_order(order, upward, start, bounds):
             found: list[JsonDict] = []
-            async with aclosing(self._events(search, upward=upward, start=start)) as events:
+            page = self._events(search, bounds, upward=upward, start=start)
+            async with aclosing(page) as events:
                 async for document in events:
                     if is_beyond(document):
                         found.append(document)
                         if len(found) >= want:
                             break
             return found
-        matches = [d async for d in self._events(search, upward=True) if is_beyond(d)]
+        matches = [d async for d in self._events(search, bounds, upward=True) if is_beyond(d)]
         matches.sort(key=lambda d: order.key(d, rtype), reverse=not forward)
         return matches[:want]
 
     async def _count(self, search: TypeSearch) -> int:
-        return sum([1 async for _ in self._events(search, upward=True)])
+        bounds = await self._bounds()
+        return sum([1 async for _ in self._events(search, bounds, upward=True)])
 
-    async def _in_chain_order(self, order: SortOrder, upward: bool, start: int | None) -> bool:
+    async def _bounds(self) -> tuple[int, int]:
+        """The seqs the index covers: after the retention checkpoint, through the watermark."""
+        return await checkpoint_seq(self.index.database), await self.index.watermark()
+
+    async def _in_chain_order(
+        self, order: SortOrder, upward: bool, start: int | None, bounds: tuple[int, int]
+    ) -> bool:
         """Whether the order is the chain's over every event a page starting at `start` may
         need: always for `_id`; for `date`, where the index's in-order stretch covers them."""
         fields = [name for name, _ in order.spec]
@@ -138,24 +155,29 @@ class AuditSearchEngine(SearchEngine):
             return False
         if fields == ["_id"]:
             return True
-        head = await self.index.watermark()
+        floor, head = bounds
         newest = await self.index.previous(head)
         if newest is None:
             return True  # nothing indexed after the checkpoint
-        chain_start = await checkpoint_seq(self.index.database) + 1
+        chain_start = floor + 1
         # Upward, the page reads from `start` to the head; downward, from `start` to the start.
         reach = start if upward and start is not None else chain_start
         return newest.run <= reach
 
     async def _events(
-        self, search: TypeSearch, *, upward: bool, start: int | None = None
+        self,
+        search: TypeSearch,
+        bounds: tuple[int, int],
+        *,
+        upward: bool,
+        start: int | None = None,
     ) -> AsyncGenerator[JsonDict, None]:
         """The events meeting the search's filter, in chain order (or against it), strictly
         after (before) `start` when given."""
         wanted = block_filter(search.split.flat)
         if wanted is None:
             return
-        async for block in self._blocks(wanted, upward=upward, start=start):
+        async for block in self._blocks(wanted, bounds, upward=upward, start=start):
             try:
                 entries = indexed_events(block)
             except ValueError as exc:
@@ -170,11 +192,10 @@ class AuditSearchEngine(SearchEngine):
                     yield document
 
     async def _blocks(
-        self, wanted: JsonDict, *, upward: bool, start: int | None
+        self, wanted: JsonDict, bounds: tuple[int, int], *, upward: bool, start: int | None
     ) -> AsyncGenerator[JsonDict, None]:
         """Index documents meeting `wanted`, in chain order (or against it), from `start`."""
-        floor = await checkpoint_seq(self.index.database)
-        head = await self.index.watermark()
+        floor, head = bounds
         patient = PATIENT_KEY in wanted and await self._has_patient_index()
         blocks = self.index.database[BLOCK_INDEX]
         projection = {"first": 1, "last": 1, "events": 1}

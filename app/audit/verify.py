@@ -106,7 +106,7 @@ async def verify_chain(database: AsyncDatabase[Any], *, batch_size: int = 1000) 
         failure = _broken_block(block, stored, expected, prev)
         if failure is not None:
             return report.broken(expected, failure)
-        failure = await index.check(block)
+        failure = await index.check(block, stored)
         if failure is not None:
             return report.broken(int(block["first"]), failure)
         for event in events_of(block, stored):
@@ -196,12 +196,12 @@ class _IndexWalk:
                 self._ended = True
         return self._next
 
-    async def check(self, block: JsonDict) -> str | None:
+    async def check(self, block: JsonDict, stored: list[JsonDict]) -> str | None:
         """Why the index document of journal `block` is wrong, if it is; None if it is right
         or not built yet (the index is a prefix of the journal)."""
         first, last = int(block["first"]), int(block["last"])
         seed = self._previous is None
-        expected = index_block(block, self._previous)
+        expected = index_block(block, self._previous, stored)
         document = await self._peek()
         if seed and document is not None and document.get("_id") == block["_id"]:
             # The first block after a retention checkpoint was indexed when the blocks before
@@ -220,8 +220,8 @@ class _IndexWalk:
         self._next = None
         if document.get("hash") != block["hash"]:
             return f"events {first}..{last} were modified in the search index"
-        stored = {**document, "events": bytes(document.get("events") or b"")}
-        if stored != {**expected, "events": bytes(expected["events"])}:
+        indexed_now = {**document, "events": bytes(document.get("events") or b"")}
+        if indexed_now != {**expected, "events": bytes(expected["events"])}:
             return f"events {first}..{last} have altered search keys in the search index"
         return None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -18,7 +17,7 @@ import pytest
 from app.audit.block_index import event_keys
 from app.audit.chain import BLOCK_INDEX, GENESIS, JOURNAL, PATIENT_INDEX, link, search_keys
 from app.audit.events import AuditFacts, AuditSource, build_events, event_patients
-from app.audit.journal import HYDRATE_FIELDS, block_of, resources_of
+from app.audit.journal import block_of
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.audit.search import AuditSearchEngine, block_filter
@@ -67,8 +66,6 @@ def engine(db: Db) -> AuditSearchEngine:
     return AuditSearchEngine(
         Store(db),
         AuditIndex(db),
-        hydrate=partial(resources_of, db),
-        hydrate_fields=HYDRATE_FIELDS,
     )
 
 

@@ -111,16 +111,13 @@ class SearchEngine:
         search_registry: Registry | None = None,
         pair_keys_ready: Callable[[str], bool] | None = None,
         hydrate: Callable[[list[Doc]], Awaitable[None]] | None = None,
-        hydrate_fields: tuple[str, ...] = (),
     ) -> None:
         self.store = store
         # Whether every stored document of a type has its pair key (store/pair_keys.py); a
         # search may only use the key then (pairs.py).
         self.pair_keys_ready = pair_keys_ready or (lambda _resource_type: False)
-        # Fills in `resource` where a store keeps it elsewhere (the audit log: its journal),
-        # from the documents' `hydrate_fields`.
+        # Fills in `resource` where a store keeps it elsewhere (the audit log: its journal).
         self.hydrate = hydrate
-        self.hydrate_fields = hydrate_fields
         self.registry = search_registry or registry()
         self.codec = CursorCodec(cursor_secret)
         self.known_types = model.STORABLE_TYPES
@@ -435,7 +432,6 @@ class SearchEngine:
         if resource:
             projection["resource"] = 1
             projection["compartments"] = 1
-            projection.update(dict.fromkeys(self.hydrate_fields, 1))
         return projection or {"_id": 1}
 
     async def _select(
