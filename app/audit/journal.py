@@ -12,6 +12,13 @@ documents: nothing queries inside them, and the embedded database otherwise deco
 re-encodes every field of every event. On it a durable block of 8 events cost 1.5 ms of
 database CPU nested against 1.0 ms packed. Blocks written nested before are still read.
 
+That JSON is zlib-compressed (level 1). A block's events repeat the same codings, agents and
+source, and each event's `prev` is the `hash` before it: a block of 8 read events shrinks from
+12.0 kB to 1.3 kB, of 100 from 150 kB to 9 kB. An audit log grows with every access, so this
+is most of its disk; and on the embedded database, which handles every byte in Python, an
+audited read cost it 0.16 against 0.21 ms of CPU (docs/performance.md). Blocks stored as
+plain JSON before are still read: JSON text starts with `[`, a zlib stream never does.
+
 Why blocks: an audited access waits for its group commit, and the commit's cost is the bulk of
 what auditing adds to a read. On the embedded database one durable insert of a block of 16
 events took 1.7 ms, against 4.9 ms for the same 16 events as 16 documents with their search
@@ -25,6 +32,7 @@ unique `_id` index is the compare-and-swap that keeps one total order across pro
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +52,11 @@ BLOCK_FIELDS = ("batch", "writer", "written")
 MAX_BLOCK_EVENTS = 500
 # Seqs covered by one range read of the journal.
 WINDOW_EVENTS = 2_000
+# zlib's fastest level: 9-17 times smaller on audit blocks, about 1 µs of CPU per event.
+COMPRESSION_LEVEL = 1
+# The most a block's events may inflate to: a document is at most 16 MiB compressed, and a
+# tampered block must not make a reader inflate without bound.
+MAX_EVENTS_BYTES = 64 * 1024 * 1024
 
 
 def block_of(events: list[JsonDict]) -> JsonDict:
@@ -72,10 +85,22 @@ class UnreadableBlock(ValueError):
 
 
 def packed(events: list[JsonDict]) -> Binary:
-    """A block's events as the one binary value it stores."""
-    return Binary(
-        orjson.dumps([{**event, "recorded": instant_text(event["recorded"])} for event in events])
+    """A block's events as the one binary value it stores: their JSON, compressed."""
+    text = orjson.dumps(
+        [{**event, "recorded": instant_text(event["recorded"])} for event in events]
     )
+    return Binary(zlib.compress(text, COMPRESSION_LEVEL))
+
+
+def _inflated(raw: bytes) -> bytes:
+    """The JSON text of a block's packed events, compressed or (written before) not."""
+    if raw[:1] == b"[":
+        return raw
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(raw, MAX_EVENTS_BYTES)
+    if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
+        raise ValueError("the block's events are truncated or inflate past the limit")
+    return text
 
 
 def stored_events(block: JsonDict) -> list[JsonDict]:
@@ -84,10 +109,10 @@ def stored_events(block: JsonDict) -> list[JsonDict]:
     events: Any = raw  # a block written before events were packed holds them nested
     try:
         if isinstance(raw, bytes):
-            events = orjson.loads(raw)
+            events = orjson.loads(_inflated(raw))
             for event in events:
                 event["recorded"] = millis(datetime.fromisoformat(event["recorded"]))
-    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+    except (orjson.JSONDecodeError, zlib.error, TypeError, KeyError, ValueError):
         events = None
     if not isinstance(events, list) or not all(isinstance(event, dict) for event in events):
         raise UnreadableBlock(f"the events of block {block.get('_id')} cannot be read")

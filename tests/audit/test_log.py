@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
@@ -17,6 +18,7 @@ from bson import Binary
 from pymongo import AsyncMongoClient
 
 from app.api.audit_events import index_for_auditors
+from app.audit import journal
 from app.audit.chain import BLOCK_INDEX, GENESIS, JOURNAL, digest, link, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
 from app.audit.journal import MAX_BLOCK_EVENTS, block_of, events_of, packed, stored_events
@@ -228,7 +230,17 @@ async def test_modified_event_with_recomputed_hash_breaks_the_next_link(
 
 
 @pytest.mark.parametrize(
-    "damage", [Binary(b"[{not json"), Binary(b'{"a": 1}'), {"not": "a list"}, [1, 2]]
+    "damage",
+    [
+        Binary(b"[{not json"),
+        Binary(b'{"a": 1}'),
+        {"not": "a list"},
+        [1, 2],
+        Binary(zlib.compress(b"[{not json")),
+        Binary(zlib.compress(b'[{"_id": "1"}]')[:-6]),  # the stream cut short
+        Binary(zlib.compress(b'[{"_id": "1"}]') + b"more"),  # bytes after the stream
+        Binary(b"x\x9cnot a zlib stream"),
+    ],
 )
 async def test_a_block_whose_events_cannot_be_decoded_is_reported(
     audit_log: AuditLog, audit_db: Db, damage: Any
@@ -253,6 +265,46 @@ async def test_auditors_get_an_outcome_naming_the_damage_not_a_partial_answer(
     assert refused.value.status == 500
     assert refused.value.code == "exception"
     assert "hestia audit verify" in refused.value.diagnostics
+
+
+async def test_blocks_store_their_events_compressed(audit_log: AuditLog, audit_db: Db) -> None:
+    # One append of 8 events is one block: what it stores is a zlib stream of their JSON.
+    await audit_log.append_all([one_event(n) for n in range(8)])
+    [block] = [block async for block in audit_db[JOURNAL].find({})]
+    raw = bytes(block["events"])
+    text = zlib.decompress(raw)
+    assert text[:1] == b"[" and raw[:1] != b"["
+    assert [event["_id"] for event in orjson.loads(text)] == [seq_key(n) for n in range(1, 9)]
+    assert len(raw) * 5 < len(text)
+
+
+async def test_a_block_inflating_past_the_limit_is_unreadable(
+    audit_log: AuditLog, audit_db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await append_many(audit_log, 4)
+    monkeypatch.setattr(journal, "MAX_EVENTS_BYTES", 200)
+    report = await verify_chain(audit_db)
+    assert not report.ok
+    assert report.broken_seq == 1
+    assert "cannot be read" in (report.reason or "")
+
+
+async def test_blocks_written_uncompressed_still_verify_and_index(audit_db: Db) -> None:
+    # The format before blocks were compressed: their events' JSON as it is.
+    documents = link([one_event(n) for n in range(3)], 0, GENESIS, batch="old:1", writer="old")
+    block = block_of(documents)
+    block["events"] = Binary(zlib.decompress(block["events"]))
+    assert bytes(block["events"])[:1] == b"["
+    await audit_db[JOURNAL].insert_one(block)
+    log = AuditLog()
+    await log.start(audit_db)
+    try:
+        assert await log.append(one_event(9)) == 4
+    finally:
+        await log.stop()
+    report = await verify_chain(audit_db)
+    assert report.ok and report.checked == 4
+    assert await index_all(audit_db) == 4
 
 
 async def test_blocks_written_with_nested_events_still_verify_and_index(audit_db: Db) -> None:
