@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from app.store.versions import instant
@@ -68,6 +69,18 @@ _AUTH_TYPE = _coding(DCM, "110114", "User Authentication")
 _IMPORT_TYPE = _coding(DCM, "110107", "Import")
 _EXPORT_TYPE = _coding(DCM, "110106", "Export")
 _AUDIT_LOG_USED = _coding(DCM, "110101", "Audit Log Used")
+# Shared by every event built here, as the codings above are: events are serialised as they
+# are built (app/audit/chain.link) and nothing changes one in place.
+_CLIENT_ROLE = {"coding": [_coding(DCM, "110153", "Source Role ID")]}
+_SERVER_ROLE = {"coding": [_coding(DCM, "110152", "Destination Role ID")]}
+_HUMAN_USER = {"coding": [_coding(SECURITY_ROLE_TYPE, "humanuser", "human user")]}
+_UNAUTHENTICATED = {"display": "unauthenticated client"}
+_SYSTEM_OBJECT = _coding(ENTITY_TYPE, "2", "System Object")
+_PERSON = _coding(ENTITY_TYPE, "1", "Person")
+_DOMAIN_RESOURCE = _coding(OBJECT_ROLE, "4", "Domain Resource")
+_QUERY = _coding(OBJECT_ROLE, "24", "Query")
+_PATIENT = _coding(OBJECT_ROLE, "1", "Patient")
+_JOB = _coding(OBJECT_ROLE, "20", "Job")
 
 
 def _hestia(code: str) -> JsonDict:
@@ -94,14 +107,14 @@ OTHER_KINDS: dict[str, _Kind] = {
 INTERACTIONS = frozenset(RESTFUL_ACTIONS) | frozenset(OTHER_KINDS)
 
 
+RESTFUL_KINDS: dict[str, _Kind] = {
+    interaction: _Kind(_REST_TYPE, _coding(RESTFUL_INTERACTION, interaction, interaction), action)
+    for interaction, action in RESTFUL_ACTIONS.items()
+}
+
+
 def kind_of(interaction: str) -> _Kind:
-    if interaction in RESTFUL_ACTIONS:
-        return _Kind(
-            _REST_TYPE,
-            _coding(RESTFUL_INTERACTION, interaction, interaction),
-            RESTFUL_ACTIONS[interaction],
-        )
-    known = OTHER_KINDS.get(interaction)
+    known = RESTFUL_KINDS.get(interaction) or OTHER_KINDS.get(interaction)
     if known is None:
         raise ValueError(f"unknown audit interaction {interaction!r}")
     return known
@@ -176,27 +189,22 @@ def patients_of(facts: AuditFacts) -> list[str]:
 
 def _agents(facts: AuditFacts, source: AuditSource) -> list[JsonDict]:
     client: JsonDict = {
-        "type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
+        "type": _CLIENT_ROLE,
         "requestor": facts.fhir_user is None,
     }
     if facts.client_id:
         client["who"] = {"identifier": {"system": CLIENT_ID_SYSTEM, "value": facts.client_id}}
     else:
-        client["who"] = {"display": "unauthenticated client"}
+        client["who"] = _UNAUTHENTICATED
     if facts.peer:
         # R4 network-type 1 is a machine name, 2 an IP address.
         kind = "2" if facts.peer.replace(".", "").replace(":", "").isalnum() else "1"
         client["network"] = {"address": facts.peer, "type": kind}
-    server: JsonDict = {
-        "type": {"coding": [_coding(DCM, "110152", "Destination Role ID")]},
-        "who": {"display": source.name},
-        "requestor": False,
-    }
-    agents = [client, server]
+    agents = [client, _server_agent(source)]
     if facts.fhir_user:
         agents.append(
             {
-                "type": {"coding": [_coding(SECURITY_ROLE_TYPE, "humanuser", "human user")]},
+                "type": _HUMAN_USER,
                 "who": {"reference": facts.fhir_user},
                 "requestor": True,
             }
@@ -217,8 +225,8 @@ def _resource_entity(facts: AuditFacts) -> JsonDict | None:
             reference += f"/_history/{facts.version_id}"
     entity: JsonDict = {
         "what": {"reference": reference} if facts.resource_id else {"display": reference},
-        "type": _coding(ENTITY_TYPE, "2", "System Object"),
-        "role": _coding(OBJECT_ROLE, "4", "Domain Resource"),
+        "type": _SYSTEM_OBJECT,
+        "role": _DOMAIN_RESOURCE,
     }
     return entity
 
@@ -227,8 +235,8 @@ def _query_entity(facts: AuditFacts) -> JsonDict:
     target = facts.resource_type or ""
     text = f"{target}?{facts.query or ''}"
     entity: JsonDict = {
-        "type": _coding(ENTITY_TYPE, "2", "System Object"),
-        "role": _coding(OBJECT_ROLE, "24", "Query"),
+        "type": _SYSTEM_OBJECT,
+        "role": _QUERY,
         "query": base64.b64encode(text.encode()).decode("ascii"),
     }
     if facts.resource_type:
@@ -239,8 +247,8 @@ def _query_entity(facts: AuditFacts) -> JsonDict:
 def _patient_entity(reference: str) -> JsonDict:
     return {
         "what": {"reference": reference},
-        "type": _coding(ENTITY_TYPE, "1", "Person"),
-        "role": _coding(OBJECT_ROLE, "1", "Patient"),
+        "type": _PERSON,
+        "role": _PATIENT,
     }
 
 
@@ -271,8 +279,7 @@ def build_events(facts: AuditFacts, source: AuditSource) -> list[JsonDict]:
         base[0] = {**base[0], "detail": details}
     elif details:
         # Nothing else to hang them on (ingest, operator commands): the job itself.
-        job = _coding(OBJECT_ROLE, "20", "Job")
-        base.append({"type": _coding(ENTITY_TYPE, "2", "System Object"), "role": job})
+        base.append({"type": _SYSTEM_OBJECT, "role": _JOB})
         base[0]["detail"] = details
     if facts.interaction in MULTI_PATIENT and len(patients) > 1:
         groups = [[p] for p in patients]
@@ -300,6 +307,12 @@ def build_events(facts: AuditFacts, source: AuditSource) -> list[JsonDict]:
     return events
 
 
+@lru_cache(maxsize=16)
+def _server_agent(source: AuditSource) -> JsonDict:
+    return {"type": _SERVER_ROLE, "who": {"display": source.name}, "requestor": False}
+
+
+@lru_cache(maxsize=16)
 def _source(source: AuditSource) -> JsonDict:
     out: JsonDict = {
         "observer": {"display": source.name},
