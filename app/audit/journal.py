@@ -92,8 +92,9 @@ def packed(events: list[JsonDict]) -> Binary:
     return Binary(zlib.compress(text, COMPRESSION_LEVEL))
 
 
-def _inflated(raw: bytes) -> bytes:
-    """The JSON text of a block's packed events, compressed or (written before) not."""
+def inflated(raw: bytes) -> bytes:
+    """JSON text stored compressed, or (written before) as it is. Raises ValueError or
+    zlib.error for anything else."""
     if raw[:1] == b"[":
         return raw
     inflater = zlib.decompressobj()
@@ -109,7 +110,7 @@ def stored_events(block: JsonDict) -> list[JsonDict]:
     events: Any = raw  # a block written before events were packed holds them nested
     try:
         if isinstance(raw, bytes):
-            events = orjson.loads(_inflated(raw))
+            events = orjson.loads(inflated(raw))
             for event in events:
                 event["recorded"] = millis(datetime.fromisoformat(event["recorded"]))
     except (orjson.JSONDecodeError, zlib.error, TypeError, KeyError, ValueError):

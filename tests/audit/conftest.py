@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC
 from typing import Any
@@ -15,7 +16,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.audit.chain import BLOCK_INDEX, JOURNAL, seq_key
-from app.audit.journal import head_seq, journal_events, packed, stored_events
+from app.audit.journal import head_seq, inflated, journal_events, packed, stored_events
 from app.audit.log import AuditLog
 from app.audit.projection import AuditIndex
 from app.store.client import EmbeddedServer
@@ -84,12 +85,11 @@ async def tamper_index(db: Db, seq: int, change: Callable[[list[Any]], None]) ->
     intruder with write access to the database would."""
     document = await db[BLOCK_INDEX].find_one({"_id": {"$lte": seq_key(seq)}}, sort=[("_id", -1)])
     assert document is not None
-    entries = orjson.loads(document["events"])
+    entries = orjson.loads(inflated(document["events"]))
     [entry] = [e for e in entries if e[0] == seq]
     change(entry)
-    await db[BLOCK_INDEX].update_one(
-        {"_id": document["_id"]}, {"$set": {"events": Binary(orjson.dumps(entries))}}
-    )
+    events = Binary(zlib.compress(orjson.dumps(entries)))
+    await db[BLOCK_INDEX].update_one({"_id": document["_id"]}, {"$set": {"events": events}})
 
 
 async def tamper_journal(db: Db, seq: int, change: Callable[[dict[str, Any]], None]) -> None:

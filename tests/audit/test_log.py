@@ -19,9 +19,17 @@ from pymongo import AsyncMongoClient
 
 from app.api.audit_events import index_for_auditors
 from app.audit import journal
+from app.audit.block_index import indexed_events
 from app.audit.chain import BLOCK_INDEX, GENESIS, JOURNAL, digest, link, seq_key
 from app.audit.events import AuditFacts, AuditSource, build_events
-from app.audit.journal import MAX_BLOCK_EVENTS, block_of, events_of, packed, stored_events
+from app.audit.journal import (
+    MAX_BLOCK_EVENTS,
+    block_of,
+    events_of,
+    inflated,
+    packed,
+    stored_events,
+)
 from app.audit.log import AuditLog, AuditUnavailable
 from app.audit.projection import AuditIndex
 from app.audit.verify import verify_chain
@@ -307,6 +315,22 @@ async def test_blocks_written_uncompressed_still_verify_and_index(audit_db: Db) 
     assert await index_all(audit_db) == 4
 
 
+async def test_index_documents_written_uncompressed_still_verify_and_are_read(
+    audit_log: AuditLog, audit_db: Db
+) -> None:
+    await append_many(audit_log, 12)
+    assert await index_all(audit_db) == 12
+    async for document in audit_db[BLOCK_INDEX].find({}):
+        plain = Binary(zlib.decompress(document["events"]))
+        await audit_db[BLOCK_INDEX].update_one(
+            {"_id": document["_id"]}, {"$set": {"events": plain}}
+        )
+    report = await verify_chain(audit_db)
+    assert report.ok and report.checked == 12
+    entries = [e for d in await index_documents(audit_db) for e in indexed_events(d)]
+    assert [e.seq for e in entries] == list(range(1, 13))
+
+
 async def test_blocks_written_with_nested_events_still_verify_and_index(audit_db: Db) -> None:
     # The journal format before events were packed into one value: a chain written then must
     # still verify, and be read by the search index and by new writers.
@@ -364,7 +388,7 @@ async def test_search_index_holds_every_journaled_event_with_its_hash(
     documents = await index_documents(audit_db)
     blocks = [block async for block in audit_db[JOURNAL].find({}).sort("_id", 1)]
     assert [d["_id"] for d in documents] == [b["_id"] for b in blocks]
-    entries = [entry for d in documents for entry in orjson.loads(d["events"])]
+    entries = [entry for d in documents for entry in orjson.loads(inflated(d["events"]))]
     assert [seq_key(e[0]) for e in entries] == [e["_id"] for e in journal]
     assert [e[1] for e in entries] == [e["hash"] for e in journal]
     # Derived from the event itself: the patient it concerns and its search keys; the block's
