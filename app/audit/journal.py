@@ -16,8 +16,9 @@ That JSON is zlib-compressed (level 1). A block's events repeat the same codings
 source, and each event's `prev` is the `hash` before it: a block of 8 read events shrinks from
 12.0 kB to 1.3 kB, of 100 from 150 kB to 9 kB. An audit log grows with every access, so this
 is most of its disk; and on the embedded database, which handles every byte in Python, an
-audited read cost it 0.16 against 0.21 ms of CPU (docs/performance.md). Blocks stored as
-plain JSON before are still read: JSON text starts with `[`, a zlib stream never does.
+audited read cost it 0.16–0.17 against 0.25–0.28 ms of CPU with 16 connections
+(docs/performance.md). Blocks stored as plain JSON before are still read: JSON text starts
+with `[`, a zlib stream never does.
 
 Why blocks: an audited access waits for its group commit, and the commit's cost is the bulk of
 what auditing adds to a read. On the embedded database one durable insert of a block of 16
