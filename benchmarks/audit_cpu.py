@@ -12,6 +12,9 @@ splits it:
 - `gate`: audit on, every event built, gated and handed to the group-commit writer, but the
   writer stores nothing (its insert is replaced, here only, by one that returns the seqs at
   once): what auditing costs before anything is made durable, its floor;
+- `wait`: the same, but each commit takes 1.5 ms without using CPU, as a durable insert takes
+  on the embedded database: what waiting for commits costs the server by itself (its event
+  loop goes idle and wakes up for every commit, instead of running requests back to back);
 - `on`: audit on, as served.
 
 Each mode runs in a process of its own with its own database, and the modes alternate over
@@ -33,7 +36,10 @@ from typing import Any
 
 import orjson
 
-MODES = ("off", "gate", "on")
+MODES = ("off", "gate", "wait", "on")
+# How long `wait`'s commits take, spending no CPU: about what a durable insert takes the
+# embedded database, so that requests wait, and events are grouped, as when they are stored.
+COMMIT_S = 0.0015
 Message = dict[str, Any]
 
 
@@ -79,14 +85,17 @@ async def _call(app: Any, method: str, path: str, body: bytes = b"") -> list[Mes
     return out
 
 
-def _store_nothing(app: Any) -> None:
-    """`gate` mode: the writer hands out seqs without storing (a measuring device only)."""
+def _store_nothing(app: Any, commit_s: float) -> None:
+    """`gate` and `wait`: the writer hands out seqs without storing, after `commit_s` (a
+    measuring device only)."""
     from app.api.audit import AuditMiddleware
 
     [log] = [m.kwargs["log"] for m in app.user_middleware if m.cls is AuditMiddleware]
     next_seq = [0]
 
     async def insert_chained(events: list[Any]) -> list[int]:
+        if commit_s:
+            await asyncio.sleep(commit_s)
         first = next_seq[0] + 1
         next_seq[0] += len(events)
         return list(range(first, first + len(events)))
@@ -112,8 +121,8 @@ async def _measure(mode: str, reads: int, concurrency: int) -> float:
         started = await outbox.get()
         if started["type"] != "lifespan.startup.complete":
             raise RuntimeError(f"the app did not start: {started}")
-        if mode == "gate":
-            _store_nothing(app)
+        if mode in ("gate", "wait"):
+            _store_nothing(app, COMMIT_S if mode == "wait" else 0.0)
         patient = orjson.dumps({"resourceType": "Patient", "name": [{"family": "Bench"}]})
         created = await _call(app, "POST", "/fhir/Patient", patient)
         location = dict(created[0]["headers"])[b"location"].decode()
