@@ -137,10 +137,10 @@ class Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:
             clean["data_dir"] = Path(clean["data_dir"])
-        settings = replace(base, **clean)
-        if os.environ.get("HESTIA_AUDIT_SEARCH_INDEXES", "") == "":
-            settings = replace(settings, audit_search_indexes=bool(settings.mongodb_uri))
-        return settings
+        if "audit_search_indexes" not in clean and _env("AUDIT_SEARCH_INDEXES", "") == "":
+            # Unset: decided by the database the settings end up with.
+            clean["audit_search_indexes"] = bool(clean.get("mongodb_uri", base.mongodb_uri))
+        return replace(base, **clean)
 
     @property
     def fhir_base(self) -> str:

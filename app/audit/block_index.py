@@ -6,8 +6,7 @@ Each document holds, for the events of one block (app/audit/journal.py):
      s: <every search key of the block's events, per parameter>,
      events: <JSON of [[seq, hash, compartments, keys], …], one entry per event>}
 The per-event entries are compressed as the journal's events are (journal.packed): for a block
-of 8 read events 5.1 kB of keys become 0.8 kB, and it was the largest part of what indexing
-cost the embedded database.
+of 8 read events 5.1 kB of keys become 0.8 kB, which was most of the document's size.
 
 `compartments` and `s` are the union of the events' own, so a filter made of positive
 conditions (equalities, ranges, presence) that one event meets is met by its block: the
@@ -36,11 +35,10 @@ from itertools import pairwise
 from typing import Any, NamedTuple
 
 import orjson
-from bson import Binary
 
 from app.audit.chain import search_keys, seq_key
 from app.audit.events import JsonDict, event_patients
-from app.audit.journal import COMPRESSION_LEVEL, events_of, inflated
+from app.audit.journal import compressed, events_of, inflated
 
 # Elements whose values are the same from one event to the next (the server, the kind of
 # access, the client) hit the cache; `recorded` changes every millisecond but repeats within one.
@@ -137,9 +135,7 @@ def index_block(
         "recorded_max": max(recorded),
         "compartments": _union(event.compartments for event in indexed),
         "s": {name: list(values) for name, values in keys.items()},
-        "events": Binary(
-            zlib.compress(orjson.dumps([list(event) for event in indexed]), COMPRESSION_LEVEL)
-        ),
+        "events": compressed(orjson.dumps([list(event) for event in indexed])),
     }
 
 

@@ -87,9 +87,13 @@ class UnreadableBlock(ValueError):
 
 def packed(events: list[JsonDict]) -> Binary:
     """A block's events as the one binary value it stores: their JSON, compressed."""
-    text = orjson.dumps(
-        [{**event, "recorded": instant_text(event["recorded"])} for event in events]
+    return compressed(
+        orjson.dumps([{**event, "recorded": instant_text(event["recorded"])} for event in events])
     )
+
+
+def compressed(text: bytes) -> Binary:
+    """JSON text as the audit collections store it (`inflated` reads it back)."""
     return Binary(zlib.compress(text, COMPRESSION_LEVEL))
 
 

@@ -46,8 +46,6 @@ JsonDict = dict[str, Any]
 # Sort fields that follow chain order (AuditEvent's `date` is its `recorded`).
 _CHAIN_ORDERED = frozenset({"_id", "s.date:lo", "s.date:hi"})
 _POSITIVE_OPERATORS = frozenset({"$in", "$gt", "$gte", "$lt", "$lte"})
-# Fields an event document has outside its search keys (block_index.event_document).
-_EVENT_FIELDS = ("compartments", "deleted")
 
 
 def block_filter(flat: JsonDict) -> JsonDict | None:

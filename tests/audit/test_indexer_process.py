@@ -196,6 +196,7 @@ def test_the_patient_index_is_on_with_mongodb_and_off_on_the_embedded_database(
     monkeypatch.delenv("HESTIA_MONGODB_URI", raising=False)
     assert Settings.from_env().audit_search_indexes is False
     assert Settings.from_env(mongodb_uri="mongodb://db.example:27017").audit_search_indexes
+    assert Settings.from_env(audit_search_indexes=True).audit_search_indexes is True
     monkeypatch.setenv("HESTIA_MONGODB_URI", "mongodb://db.example:27017")
     assert Settings.from_env().audit_search_indexes is True
     monkeypatch.setenv("HESTIA_AUDIT_SEARCH_INDEXES", "off")
